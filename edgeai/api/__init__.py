@@ -1,0 +1,85 @@
+"""The REST API: one Flask-RESTX ``Api`` on a blueprint, the guide's routes under ``/api``.
+
+Swagger UI is at ``/docs``, the spec at ``/api/swagger.json`` (also ``/swagger.json``).
+Errors of the :class:`edgeai.errors.EdgeAIError` family are mapped to responses
+here, in one place, with the JSON bodies the guide prescribes.
+"""
+from __future__ import annotations
+
+from flask import Blueprint, Flask, current_app, jsonify, redirect
+from flask_restx import Api
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from edgeai.errors import EdgeAIError, PayloadTooLarge, submit_error
+
+AUTHORIZATIONS = {
+    "client_id": {"type": "apiKey", "in": "header", "name": "X-IBM-Client-Id"},
+    "client_secret": {"type": "apiKey", "in": "header", "name": "X-IBM-Client-Secret"},
+}
+
+blueprint = Blueprint("api", __name__)
+api = Api(
+    blueprint,
+    prefix="/api",
+    doc="/docs",
+    title="edgeai pruning API",
+    version="1.0",
+    description=(
+        "L1-norm filter pruning (Li et al. 2017) for TensorFlow/Keras and PyTorch models. "
+        "Submit a model to `tf_prune` or `pt_prune`, poll `status` with the returned txid, "
+        "then `download` the pruned model. Send your key in the X-IBM-Client-Id and "
+        "X-IBM-Client-Secret headers (Authorize button)."
+    ),
+    authorizations=AUTHORIZATIONS,
+    security=[{"client_id": [], "client_secret": []}],
+)
+
+
+@api.errorhandler(EdgeAIError)
+def handle_edgeai_error(error: EdgeAIError):
+    """Answer a domain error with its guide-shaped JSON body and status code."""
+    return error.body, error.code, error.headers
+
+
+@api.errorhandler(RequestEntityTooLarge)
+def handle_too_large(_error):
+    """Answer an over-size upload (EDGEAI_MAX_UPLOAD_MB) with the guide's upload error."""
+    limit = current_app.extensions["edgeai.settings"].max_upload_mb
+    error = submit_error(PayloadTooLarge, f"The upload is larger than the {limit} MB limit "
+                         "(EDGEAI_MAX_UPLOAD_MB).")
+    return error.body, error.code
+
+
+class StripTrailingSlash:
+    """WSGI middleware: ``/api/status/`` is served as ``/api/status`` (the guide uses both)."""
+
+    def __init__(self, app):  # noqa: ANN001 - a WSGI callable
+        self.app = app
+
+    def __call__(self, environ, start_response):  # noqa: ANN001
+        path = environ.get("PATH_INFO", "")
+        if len(path) > 1 and path.endswith("/") and path.startswith("/api/"):
+            environ["PATH_INFO"] = path.rstrip("/") or "/"
+        return self.app(environ, start_response)
+
+
+def init_app(app: Flask) -> None:
+    """Register the namespaces, the blueprint, and the small root routes."""
+    from edgeai.api import prune, transactions
+
+    api.add_namespace(prune.ns, path="/")
+    api.add_namespace(transactions.ns, path="/")
+    app.register_blueprint(blueprint)
+    app.wsgi_app = StripTrailingSlash(app.wsgi_app)
+
+    @app.get("/")
+    def index():
+        return redirect("/docs")
+
+    @app.get("/swagger.json")
+    def swagger_json():
+        return jsonify(api.__schema__)
+
+    @app.get("/healthz")
+    def healthz():
+        return {"ok": True}

@@ -1,0 +1,63 @@
+"""Assembles the Flask app from the subsystems; each one has its own ``init_app``."""
+from __future__ import annotations
+
+import atexit
+import logging
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, Request
+
+from edgeai import api, db
+from edgeai.auth import Authenticator
+from edgeai.config import load_settings
+from edgeai.jobs import JobRunner
+from edgeai.storage import Storage
+
+log = logging.getLogger("edgeai")
+
+
+class UploadRequest(Request):
+    """Streams uploaded files straight to the data volume instead of memory or /tmp."""
+
+    def _get_file_stream(self, total_content_length, content_type, filename=None,
+                         content_length=None):  # noqa: ANN001 - Werkzeug's signature
+        from flask import current_app
+
+        return current_app.extensions["edgeai.storage"].new_incoming_file()
+
+
+def build_app(overrides: dict[str, Any] | None = None) -> Flask:
+    """See :func:`edgeai.create_app`."""
+    settings = load_settings()
+    if overrides:
+        settings = settings.replace(**overrides)
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    app = Flask("edgeai")
+    app.request_class = UploadRequest
+    app.config.update(
+        MAX_CONTENT_LENGTH=settings.max_upload_bytes,
+        # Form fields are tiny; only files are large, and those go to disk.
+        MAX_FORM_MEMORY_SIZE=1024 * 1024,
+        RESTX_MASK_SWAGGER=True,
+        ERROR_404_HELP=False,
+        JSON_SORT_KEYS=False,
+    )
+    app.extensions["edgeai.settings"] = settings
+    database = db.init_app(app, settings)
+    storage = Storage(Path(settings.data_dir))
+    app.extensions["edgeai.storage"] = storage
+    app.extensions["edgeai.auth"] = Authenticator(
+        database, settings.auth, settings.trusted_proxies, settings.gateway_client_header)
+    if settings.auth == "off":
+        log.warning("EDGEAI_AUTH=off: every request is served as one anonymous client. "
+                    "Use this for local trials only.")
+    api.init_app(app)
+    if settings.run_jobs:
+        runner = JobRunner(settings, database, storage)
+        app.extensions["edgeai.runner"] = runner
+        runner.start()
+        atexit.register(runner.stop)
+    return app

@@ -1,0 +1,135 @@
+"""Settings, read from ``EDGEAI_*`` environment variables with embedded defaults.
+
+Nothing has to be set for ``make run`` to serve on 127.0.0.1:5000. Each setting is
+parsed by a small typed reader that names the variable in its error, so a typo in
+a deployment fails at start-up instead of at the first request.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """An ``EDGEAI_*`` variable holds a value that cannot be used."""
+
+
+AUTH_MODES = ("on", "off", "gateway")
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a whole number") from None
+    if value < minimum:
+        raise ConfigError(f"{name}={value} must be at least {minimum}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if not value >= minimum:
+        raise ConfigError(f"{name}={value} must be at least {minimum}")
+    return value
+
+
+def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
+    value = env.get(name, default).strip().lower() or default
+    if value not in allowed:
+        raise ConfigError(f"{name}={value!r}; allowed: {', '.join(allowed)}")
+    return value
+
+
+def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    raw = env.get(name, "")
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The service's configuration; see the README's table for each field."""
+
+    data_dir: Path = Path("var")
+    database_url: str = ""
+    auth: str = "on"
+    trusted_proxies: tuple[str, ...] = ()
+    gateway_client_header: str = "X-IBM-Client-Id"
+    max_upload_mb: int = 512
+    max_running_jobs: int = 2
+    worker_threads: int = 2
+    max_jobs_per_client: int = 20
+    job_timeout: int = 1800
+    job_memory_mb: int = 8192
+    job_threads: int = 1
+    max_attempts: int = 3
+    heartbeat_seconds: float = 2.0
+    stale_seconds: float = 30.0
+    poll_seconds: float = 0.5
+    retention_hours: float = 168.0
+    run_jobs: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def max_upload_bytes(self) -> int:
+        """Upper bound of one request body, in bytes."""
+        return self.max_upload_mb * 1024 * 1024
+
+    def replace(self, **changes: Any) -> "Settings":
+        """Return a copy with ``changes`` applied (used by tests and the CLI)."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values.update(changes)
+        values["data_dir"] = Path(values["data_dir"])
+        if not changes.get("database_url") and "data_dir" in changes:
+            values["database_url"] = ""
+        return Settings(**values).resolved()
+
+    def resolved(self) -> "Settings":
+        """Fill derived defaults (the database lives in the data dir unless set)."""
+        if self.database_url:
+            return self
+        path = (Path(self.data_dir) / "edgeai.sqlite3").resolve()
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values["database_url"] = f"sqlite:///{path}"
+        return Settings(**values)
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Read :class:`Settings` from ``env`` (default ``os.environ``).
+
+    Raises :class:`ConfigError` naming the variable when a value is unusable.
+    """
+    env = os.environ if env is None else env
+    settings = Settings(
+        data_dir=Path(env.get("EDGEAI_DATA_DIR", "var")),
+        database_url=env.get("EDGEAI_DATABASE_URL", ""),
+        auth=_choice(env, "EDGEAI_AUTH", "on", AUTH_MODES),
+        trusted_proxies=_list(env, "EDGEAI_TRUSTED_PROXIES"),
+        gateway_client_header=env.get("EDGEAI_GATEWAY_CLIENT_HEADER", "X-IBM-Client-Id"),
+        max_upload_mb=_int(env, "EDGEAI_MAX_UPLOAD_MB", 512, 1),
+        max_running_jobs=_int(env, "EDGEAI_MAX_RUNNING_JOBS", 2, 1),
+        worker_threads=_int(env, "EDGEAI_WORKER_THREADS", 2, 1),
+        max_jobs_per_client=_int(env, "EDGEAI_MAX_JOBS_PER_CLIENT", 20, 1),
+        job_timeout=_int(env, "EDGEAI_JOB_TIMEOUT", 1800, 1),
+        job_memory_mb=_int(env, "EDGEAI_JOB_MEMORY_MB", 8192, 256),
+        job_threads=_int(env, "EDGEAI_JOB_THREADS", 1, 1),
+        max_attempts=_int(env, "EDGEAI_MAX_ATTEMPTS", 3, 1),
+        heartbeat_seconds=_float(env, "EDGEAI_HEARTBEAT_SECONDS", 2.0, 0.05),
+        stale_seconds=_float(env, "EDGEAI_STALE_SECONDS", 30.0, 0.2),
+        poll_seconds=_float(env, "EDGEAI_POLL_SECONDS", 0.5, 0.01),
+        retention_hours=_float(env, "EDGEAI_RETENTION_HOURS", 168.0, 0.0),
+        run_jobs=_choice(env, "EDGEAI_RUN_JOBS", "on", ("on", "off")) == "on",
+    )
+    return settings.resolved()

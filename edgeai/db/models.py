@@ -1,0 +1,66 @@
+"""The tables: transactions (the job queue itself) and API keys.
+
+Times are stored as Unix epoch seconds (floats): SQLite has no time zone-aware
+type, and the queue compares heartbeats arithmetically.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sqlalchemy import JSON, Float, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    """Declarative base shared by the models and Alembic's autogenerate."""
+
+
+# A transaction's life: queued -> running -> done | failed; done -> expired once
+# its artifact is removed after the retention period. A running row whose worker
+# died goes back to queued (bounded by max_attempts).
+STATES = ("queued", "running", "done", "failed", "expired")
+TERMINAL_STATES = ("done", "failed", "expired")
+
+# The guide's string status codes. Derived from the state, never stored, so the
+# two cannot disagree.
+STATUS_CODES = {"done": "0", "queued": "1", "running": "2", "failed": "-1", "expired": "-1"}
+
+
+class Transaction(Base):
+    """One pruning request: its inputs, its place in the queue and its outcome."""
+
+    __tablename__ = "transactions"
+
+    txid: Mapped[str] = mapped_column(String(36), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(128), index=True)
+    framework: Mapped[str] = mapped_column(String(16))
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    input_names: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    state: Mapped[str] = mapped_column(String(16), index=True, default="queued")
+    message: Mapped[str] = mapped_column(Text, default="")
+    filename: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    report: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    claimed_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    created_at: Mapped[float] = mapped_column(Float, default=time.time, index=True)
+    started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    heartbeat_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+    @property
+    def status(self) -> str:
+        """The guide's status code: "0" done, "1" queued, "2" running, "-1" failed."""
+        return STATUS_CODES[self.state]
+
+
+class ApiKey(Base):
+    """A client's credentials. Only a salted scrypt hash of the secret is kept."""
+
+    __tablename__ = "api_keys"
+
+    client_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    secret_hash: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[float] = mapped_column(Float, default=time.time)
+    revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
