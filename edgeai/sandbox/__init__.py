@@ -237,9 +237,11 @@ class Sandbox:
     def _supervise(self, child: _Child, job: PruneJob, workdir: Path,
                    cancel: threading.Event | None) -> PruneResult:
         limits = self.limits
-        if not child.ready.wait(limits.spare_ready_seconds):
-            child.kill()
-            raise JobFailed(self._death_reason(child, "the pruning process did not start"))
+        started = time.monotonic()
+        while not child.ready.wait(0.2):
+            if not child.alive() or time.monotonic() - started > limits.spare_ready_seconds:
+                child.kill()
+                raise JobFailed(self._death_reason(child, "the pruning process did not start"))
         try:
             child.proc.stdin.write((json.dumps({"job": job.to_dict(), "workdir": str(workdir)})
                                     + "\n").encode())
