@@ -17,37 +17,40 @@ AUTHORIZATIONS = {
     "client_secret": {"type": "apiKey", "in": "header", "name": "X-IBM-Client-Secret"},
 }
 
-blueprint = Blueprint("api", __name__)
-api = Api(
-    blueprint,
-    prefix="/api",
-    doc="/docs",
-    title="edgeai pruning API",
-    version="1.0",
-    description=(
-        "L1-norm filter pruning (Li et al. 2017) for TensorFlow/Keras and PyTorch models. "
-        "Submit a model to `tf_prune` or `pt_prune`, poll `status` with the returned txid, "
-        "then `download` the pruned model. Send your key in the X-IBM-Client-Id and "
-        "X-IBM-Client-Secret headers (Authorize button)."
-    ),
-    authorizations=AUTHORIZATIONS,
-    security=[{"client_id": [], "client_secret": []}],
+DESCRIPTION = (
+    "L1-norm filter pruning (Li et al. 2017) for TensorFlow/Keras and PyTorch models. "
+    "Submit a model to `tf_prune` or `pt_prune`, poll `status` with the returned txid, "
+    "then `download` the pruned model. Send your key in the X-IBM-Client-Id and "
+    "X-IBM-Client-Secret headers (Authorize button)."
 )
 
 
-@api.errorhandler(EdgeAIError)
 def handle_edgeai_error(error: EdgeAIError):
     """Answer a domain error with its guide-shaped JSON body and status code."""
     return error.body, error.code, error.headers
 
 
-@api.errorhandler(RequestEntityTooLarge)
 def handle_too_large(_error):
     """Answer an over-size upload (EDGEAI_MAX_UPLOAD_MB) with the guide's upload error."""
     limit = current_app.extensions["edgeai.settings"].max_upload_mb
     error = submit_error(PayloadTooLarge, f"The upload is larger than the {limit} MB limit "
                          "(EDGEAI_MAX_UPLOAD_MB).")
     return error.body, error.code
+
+
+def make_api() -> tuple[Blueprint, Api]:
+    """A new blueprint and ``Api`` (one per app: an ``Api`` binds to one app)."""
+    from edgeai.api import prune, transactions
+
+    blueprint = Blueprint("api", __name__)
+    api = Api(blueprint, prefix="/api", doc="/docs", title="edgeai pruning API", version="1.0",
+              description=DESCRIPTION, authorizations=AUTHORIZATIONS,
+              security=[{"client_id": [], "client_secret": []}])
+    api.errorhandler(EdgeAIError)(handle_edgeai_error)
+    api.errorhandler(RequestEntityTooLarge)(handle_too_large)
+    api.add_namespace(prune.ns, path="/")
+    api.add_namespace(transactions.ns, path="/")
+    return blueprint, api
 
 
 class StripTrailingSlash:
@@ -65,11 +68,9 @@ class StripTrailingSlash:
 
 def init_app(app: Flask) -> None:
     """Register the namespaces, the blueprint, and the small root routes."""
-    from edgeai.api import prune, transactions
-
-    api.add_namespace(prune.ns, path="/")
-    api.add_namespace(transactions.ns, path="/")
+    blueprint, api = make_api()
     app.register_blueprint(blueprint)
+    app.extensions["edgeai.api"] = api
     app.wsgi_app = StripTrailingSlash(app.wsgi_app)
 
     @app.get("/")

@@ -1,0 +1,141 @@
+"""Parameter validation: every bad value is refused with a message saying what is allowed."""
+from __future__ import annotations
+
+import io
+
+import pytest
+
+H5 = b"\x89HDF\r\n\x1a\n" + b"\0" * 64
+
+
+def tf_post(client, headers, query, files=None):
+    data = files if files is not None else {"model": (io.BytesIO(H5), "mnist_base.h5")}
+    return client.post(f"/api/tf_prune{query}", data=data, headers=headers,
+                       content_type="multipart/form-data")
+
+
+@pytest.mark.parametrize("raw", ["abc", "1.5", "-0.1", "nan", "inf", "40", "1", ""])
+def test_bad_percent_is_refused_with_the_allowed_range(client, headers, raw):
+    response = tf_post(client, headers, f"?percent={raw}")
+    assert response.status_code == 400
+    body = response.get_json()
+    assert body["txid"] is None
+    assert "[0, 1)" in body["message"]
+
+
+def test_percent_40_suggests_the_fraction(client, headers):
+    body = tf_post(client, headers, "?percent=40").get_json()
+    assert "percent=0.4" in body["message"]
+
+
+def test_missing_percent(client, headers):
+    body = tf_post(client, headers, "").get_json()
+    assert body == {"txid": None, "message": body["message"]}
+    assert "percent is required" in body["message"]
+
+
+@pytest.mark.parametrize("query", ["?percent=0", "?percent=0.4&ommitted=", "?percent=0.999",
+                                   "?percent=0.4&ommitted=fc1,fc2", "?percent=0.4&omitted=fc1",
+                                   "?percent=0.4&unprunable=dense_1"])
+def test_good_parameters_are_accepted(client, headers, query):
+    response = tf_post(client, headers, query)
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json()["message"] == "Successfully submitted transaction."
+
+
+def test_aliases_store_the_same_list(app, client, headers):
+    from edgeai.db import Transaction
+
+    txids = [tf_post(client, headers, f"?percent=0.4&{name}=fc1, fc2,fc1").get_json()["txid"]
+             for name in ("ommitted", "omitted", "unprunable")]
+    with app.extensions["edgeai.db"].session() as session:
+        assert {tuple(session.get(Transaction, t).params["omitted"]) for t in txids} == {
+            ("fc1", "fc2")}
+
+
+def test_conflicting_aliases_are_refused(client, headers):
+    body = tf_post(client, headers, "?percent=0.4&ommitted=a&omitted=b").get_json()
+    assert "one parameter" in body["message"]
+
+
+@pytest.mark.parametrize("name", ["a b", "x;rm", "../../etc", "a" * 300])
+def test_malformed_layer_names_are_refused(client, headers, name):
+    response = tf_post(client, headers, f"?percent=0.4&ommitted={name}")
+    if name == "../../etc":  # dots and slashes are legal in layer names; it is only data
+        assert response.status_code == 200
+    else:
+        assert response.status_code == 400
+        assert "layer name" in response.get_json()["message"]
+
+
+def test_missing_file(client, headers):
+    response = tf_post(client, headers, "?percent=0.4", files={})
+    assert response.status_code == 400
+    assert "'model' is required" in response.get_json()["message"]
+
+
+def test_empty_file(client, headers):
+    response = tf_post(client, headers, "?percent=0.4",
+                       files={"model": (io.BytesIO(b""), "m.h5")})
+    assert response.status_code == 400
+    assert "empty" in response.get_json()["message"]
+
+
+@pytest.mark.parametrize("filename", ["model.pkl", "model", "model.h5.exe", "model.py"])
+def test_wrong_extension(client, headers, filename):
+    response = tf_post(client, headers, "?percent=0.4",
+                       files={"model": (io.BytesIO(b"data"), filename)})
+    assert response.status_code == 400
+    message = response.get_json()["message"]
+    assert ".h5, .hdf5, .keras, .zip" in message
+
+
+def pt_files(**override):
+    files = {"weights": (io.BytesIO(b"w"), "mnist_cnn.pth"),
+             "class_def": (io.BytesIO(b"import torch\n"), "model.py"),
+             "dataset": (io.BytesIO(b"d"), "train_loader.pth")}
+    files.update(override)
+    return {k: v for k, v in files.items() if v is not None}
+
+
+@pytest.mark.parametrize("query, expected", [
+    ("?percent=0.5&model_name=Net", "input_size is required"),
+    ("?percent=0.5&input_size=1,x,28", "whole numbers"),
+    ("?percent=0.5&input_size=0,28,28", "positive"),
+    ("?percent=0.5&input_size=1,2,3,4,5", "1 to 4"),
+    ("?percent=0.5&input_size=1,28,28&model_name=os.system", "model_name"),
+    ("?percent=0.5&input_size=1,28,28&model_name=__import__", "model_name"),
+    ("?percent=2&input_size=1,28,28", "[0, 1)"),
+])
+def test_pt_parameters_refused(client, headers, query, expected):
+    response = client.post(f"/api/pt_prune{query}", data=pt_files(), headers=headers)
+    assert response.status_code == 400
+    assert expected in response.get_json()["message"]
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("weights", None, "'weights' is required"),
+    ("class_def", None, "'class_def' is required"),
+    ("class_def", (io.BytesIO(b"x"), "model.txt"), "must be a .py file"),
+    ("weights", (io.BytesIO(b"x"), "w.pkl"), ".pth, .pt, .bin, .safetensors"),
+    ("dataset", (io.BytesIO(b""), "d.pth"), "empty"),
+])
+def test_pt_files_refused(client, headers, field, value, expected):
+    response = client.post("/api/pt_prune?percent=0.5&input_size=1,28,28",
+                           data=pt_files(**{field: value}), headers=headers)
+    assert response.status_code == 400
+    assert expected in response.get_json()["message"]
+
+
+def test_pt_guide_query_is_accepted_without_dataset(client, headers):
+    response = client.post(
+        "/api/pt_prune?percent=0.5&ommitted=fc1,fc2&input_size=1,28,28&model_name=Net",
+        data=pt_files(dataset=None), headers=headers)
+    assert response.status_code == 200
+
+
+def test_refused_submission_leaves_nothing_on_disk(app, client, headers, data_dir):
+    tf_post(client, headers, "?percent=abc")
+    tf_post(client, headers, "?percent=0.4", files={"model": (io.BytesIO(b""), "m.h5")})
+    assert list((data_dir / "jobs").iterdir()) == []
+    assert list((data_dir / "incoming").iterdir()) == []

@@ -1,0 +1,80 @@
+"""Shared fixtures: a temporary data dir (real SQLite file, real folders) per test,
+an app factory, a client, and API keys."""
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from edgeai import create_app
+from edgeai.auth import create_key
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    """A fresh EDGEAI_DATA_DIR."""
+    path = tmp_path / "var"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def make_app(data_dir):
+    """Build apps on ``data_dir``; job runners started are stopped at teardown."""
+    apps = []
+
+    def factory(**overrides):
+        settings = {"data_dir": data_dir, "run_jobs": False, "poll_seconds": 0.05}
+        settings.update(overrides)
+        app = create_app(settings)
+        apps.append(app)
+        return app
+
+    yield factory
+    for app in apps:
+        runner = app.extensions.get("edgeai.runner")
+        if runner is not None:
+            runner.stop()
+        app.extensions["edgeai.db"].dispose()
+
+
+@pytest.fixture
+def app(make_app):
+    """An app with auth on and no job runner (rows stay queued)."""
+    return make_app()
+
+
+@pytest.fixture
+def client(app):
+    """Flask test client for ``app``."""
+    return app.test_client()
+
+
+@pytest.fixture
+def new_key(app):
+    """Create API keys on ``app``'s database; returns headers for the new client."""
+
+    def factory(name="tester"):
+        key = create_key(app.extensions["edgeai.db"], name)
+        return {"X-IBM-Client-Id": key.client_id, "X-IBM-Client-Secret": key.client_secret}
+
+    return factory
+
+
+@pytest.fixture
+def headers(new_key):
+    """Headers of one valid client."""
+    return new_key()
+
+
+def wait_for_status(client, txid, headers, timeout=300.0, done=("0", "-1")):
+    """Poll status until it is one of ``done``; return the last body."""
+    deadline = time.monotonic() + timeout
+    while True:
+        body = client.get(f"/api/status?txid={txid}", headers=headers).get_json()
+        if body["status"] in done or time.monotonic() > deadline:
+            return body
+        time.sleep(0.1)
