@@ -80,6 +80,7 @@ class Settings:
     poll_seconds: float = 0.5
     retention_hours: float = 168.0
     run_jobs: bool = True
+    warm_spares: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -131,5 +132,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         poll_seconds=_float(env, "EDGEAI_POLL_SECONDS", 0.5, 0.01),
         retention_hours=_float(env, "EDGEAI_RETENTION_HOURS", 168.0, 0.0),
         run_jobs=_choice(env, "EDGEAI_RUN_JOBS", "on", ("on", "off")) == "on",
+        warm_spares=_choice(env, "EDGEAI_WARM_SPARES", "on", ("on", "off")) == "on",
     )
     return settings.resolved()

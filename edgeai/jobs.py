@@ -157,7 +157,8 @@ class JobRunner:
         self.database = database
         self.storage = storage
         self.sandbox = sandbox or Sandbox(Path(settings.data_dir) / "sandbox",
-                                          limits_from_settings(settings))
+                                          limits_from_settings(settings),
+                                          warm_spares=settings.warm_spares)
         self.claimer = worker_id()
         self._executor = ThreadPoolExecutor(settings.worker_threads, thread_name_prefix="prune")
         self._held: set[str] = set()

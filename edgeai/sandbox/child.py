@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import sys
+import time
 import traceback
 
 
@@ -33,10 +35,12 @@ def main() -> int:
         confine.drop_privileges(settings["uid"], settings["gid"])
     os.chdir(settings["idle_dir"])
 
+    warm_started = time.perf_counter()
     from edgeai.pruning import PruneJob, PruningError, get_engine
 
     engine = get_engine(settings["framework"])
     engine.warm_up()
+    warm_up_seconds = time.perf_counter() - warm_started
     sys.stdout.write("ready\n")
     sys.stdout.flush()
 
@@ -49,6 +53,7 @@ def main() -> int:
     os.environ["HOME"] = workdir
     os.environ["TMPDIR"] = workdir
     job = PruneJob.from_dict(request["job"])
+    job_started = time.perf_counter()
     try:
         result = engine.prune(job)
     except PruningError as error:
@@ -65,7 +70,14 @@ def main() -> int:
                                 "error": f"Pruning failed: {type(error).__name__}: {error}"})
         return 0
     report = dict(result.report)
-    report.setdefault("sandbox", {})["network_isolated"] = bool(network_isolated)
+    report["sandbox"] = {
+        "network_isolated": bool(network_isolated),
+        "dropped_privileges": os.getuid() != 0,
+        "warm_up_seconds": round(warm_up_seconds, 3),
+        "job_seconds": round(time.perf_counter() - job_started, 3),
+        # ru_maxrss is in KiB on Linux; it includes the framework import.
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
     _write_result(workdir, {"ok": True, "artifact": result.artifact, "message": result.message,
                             "report": report})
     return 0

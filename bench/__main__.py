@@ -1,0 +1,210 @@
+"""``make bench``: the service's speed and memory, measured on a real gunicorn.
+
+Prints one table. Figures:
+- the guide's mnist_base.h5: submit-to-done with warm spares, and the same with
+  a cold child per job (the difference is process start and framework import);
+- ResNet50 (weights=None, 96x96x3, 10 classes) at 0.4: submit-to-done over the
+  floor for the same file in one warm process (load + rebuild + save);
+- the Keras engine's graph analysis + rewrite time over load + save, and the
+  job's peak memory against the file size;
+- the PyTorch guide Net: submit-to-done;
+- status calls per second on gunicorn while a pruning job runs, with p50/p99.
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import requests
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from tests.e2e.guide import build_mnist_base, write_guide_pytorch_files  # noqa: E402
+from tests.e2e.server import LiveServer  # noqa: E402
+
+
+def build_resnet50(path: Path) -> Path:
+    """ResNet50 with random weights, 96x96x3 input, 10 classes, saved as .keras."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = keras.applications.ResNet50(weights=None, input_shape=(96, 96, 3), classes=10)
+    model.save(path)
+    return path
+
+
+def warm_floor(path: Path, out_dir: Path, repeats: int = 2) -> float:
+    """Best time, in this already-warm process, to load, rebuild from config and save."""
+    import keras
+
+    keras.saving.load_model(path)  # warm every code path once
+    best = float("inf")
+    for i in range(repeats):
+        started = time.perf_counter()
+        model = keras.saving.load_model(path)
+        rebuilt = keras.Model.from_config(model.get_config())
+        rebuilt.set_weights(model.get_weights())
+        rebuilt.save(out_dir / f"floor-{i}{path.suffix}")
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def submit_tf(server: LiveServer, headers: dict, path: Path, percent: float) -> str:
+    with open(path, "rb") as handle:
+        response = requests.post(f"{server.url}/api/tf_prune", params={"percent": percent},
+                                 headers=headers, files={"model": (path.name, handle)},
+                                 timeout=300)
+    response.raise_for_status()
+    return response.json()["txid"]
+
+
+def submit_pt(server: LiveServer, headers: dict, files: dict) -> str:
+    with open(files["weights"], "rb") as w, open(files["class_def"], "rb") as c:
+        response = requests.post(
+            f"{server.url}/api/pt_prune?percent=0.5&ommitted=fc1,fc2&input_size=1,28,28",
+            headers=headers, files={"weights": ("mnist_cnn.pth", w), "class_def": ("model.py", c)},
+            timeout=60)
+    response.raise_for_status()
+    return response.json()["txid"]
+
+
+def timed(server: LiveServer, headers: dict, submit) -> tuple[float, dict]:  # noqa: ANN001
+    """Submit and poll every 20 ms; return (submit-to-done seconds, final status)."""
+    started = time.perf_counter()
+    txid = submit()
+    while True:
+        body = server.status(txid, headers)
+        if body["status"] in ("0", "-1"):
+            if body["status"] != "0":
+                raise RuntimeError(f"job failed: {body['message']}")
+            return time.perf_counter() - started, body
+        time.sleep(0.02)
+
+
+def wait_idle_spares(seconds: float = 20.0) -> None:
+    """Give freshly started spare children time to import their framework."""
+    time.sleep(seconds)
+
+
+def hammer_status(server: LiveServer, headers: dict, txid: str, seconds: float,
+                  threads: int = 8) -> tuple[float, float, float]:
+    """Status calls/s and p50/p99 latency (ms) from ``threads`` clients for ``seconds``."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+    stop = time.perf_counter() + seconds
+
+    def client():
+        session = requests.Session()
+        mine = []
+        while time.perf_counter() < stop:
+            t0 = time.perf_counter()
+            response = session.get(f"{server.url}/api/status", params={"txid": txid},
+                                   headers=headers, timeout=30)
+            response.raise_for_status()
+            mine.append(time.perf_counter() - t0)
+        with lock:
+            latencies.extend(mine)
+
+    workers = [threading.Thread(target=client) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    latencies.sort()
+    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+    return len(latencies) / seconds, statistics.median(latencies) * 1000, p99 * 1000
+
+
+def main() -> int:
+    """Run every measurement and print the table."""
+    rows: list[tuple[str, str, str]] = []
+    with tempfile.TemporaryDirectory(prefix="edgeai-bench-") as tmp:
+        tmp = Path(tmp)
+        mnist = build_mnist_base(tmp / "mnist_base.h5")
+        resnet = build_resnet50(tmp / "resnet50.keras")
+        torch_files = write_guide_pytorch_files(tmp / "user")
+        floor = warm_floor(resnet, tmp)
+
+        cold = LiveServer(tmp / "var-cold", EDGEAI_WARM_SPARES="off").start()
+        try:
+            headers = cold.create_key()
+            cold_mnist = [timed(cold, headers, lambda: submit_tf(cold, headers, mnist, 0.4))
+                          for _ in range(2)]
+        finally:
+            cold.stop()
+
+        server = LiveServer(tmp / "var").start()
+        try:
+            headers = server.create_key()
+            wait_idle_spares()
+            warm_mnist = []
+            for _ in range(3):
+                warm_mnist.append(timed(server, headers,
+                                        lambda: submit_tf(server, headers, mnist, 0.4)))
+                wait_idle_spares(8)
+            pt_runs = []
+            for _ in range(3):
+                pt_runs.append(timed(server, headers, lambda: submit_pt(server, headers,
+                                                                         torch_files)))
+                wait_idle_spares(5)
+            resnet_time, resnet_status = timed(
+                server, headers, lambda: submit_tf(server, headers, resnet, 0.4))
+            wait_idle_spares(8)
+            busy_txid = submit_tf(server, headers, resnet, 0.4)
+            time.sleep(1.0)
+            rate, p50, p99 = hammer_status(server, headers, busy_txid, seconds=8)
+            still_running = server.status(busy_txid, headers)["status"] in ("1", "2")
+            server.wait(busy_txid, headers, timeout=600)
+        finally:
+            server.stop()
+
+    warm_m = statistics.median(t for t, _ in warm_mnist)
+    cold_m = statistics.median(t for t, _ in cold_mnist)
+    sandbox = warm_mnist[-1][1]["report"].get("sandbox", {})
+    rows.append(("mnist_base.h5 @0.4, submit-to-done (warm spare)", f"{warm_m:.2f} s",
+                 f"job {sandbox.get('job_seconds', '?')} s in the child"))
+    rows.append(("mnist_base.h5 @0.4, submit-to-done (cold child)", f"{cold_m:.2f} s",
+                 f"start + import = {cold_m - warm_m:.2f} s of it"))
+    rows.append(("  TF child warm-up (import, measured in the child)",
+                 f"{sandbox.get('warm_up_seconds', '?')} s", "hidden by the warm spare"))
+    pt_m = statistics.median(t for t, _ in pt_runs)
+    rows.append(("guide Net (PyTorch) @0.5, submit-to-done", f"{pt_m:.2f} s",
+                 f"job {pt_runs[-1][1]['report'].get('sandbox', {}).get('job_seconds', '?')} s"))
+    report = resnet_status["report"]
+    timings = report.get("timings", {})
+    ratio = resnet_time / floor
+    rows.append(("ResNet50 96x96 @0.4, submit-to-done", f"{resnet_time:.2f} s",
+                 f"floor {floor:.2f} s -> {ratio:.2f}x (aim <= 1.5x)"))
+    load_save = timings.get("load", 0) + timings.get("save", 0)
+    analyse_rewrite = timings.get("analyse", 0) + timings.get("rewrite", 0)
+    if load_save:
+        rows.append(("  Keras analyse + rewrite / load + save",
+                     f"{analyse_rewrite / load_save:.2f}",
+                     f"{analyse_rewrite:.2f} s / {load_save:.2f} s (aim < 0.25)"))
+    size_mb = (report.get("file_size_before") or 0) / 2**20
+    peak = report.get("sandbox", {}).get("peak_rss_mb")
+    if peak and size_mb:
+        rows.append(("  job peak memory / file size", f"{peak / size_mb:.1f}x",
+                     f"{peak:.0f} MB peak for a {size_mb:.0f} MB file (incl. TF import)"))
+    rows.append(("  params before -> after", f"{report.get('params_before')} -> "
+                 f"{report.get('params_after')}", ""))
+    rows.append(("status calls/s while pruning (8 clients)", f"{rate:.0f}/s",
+                 f"p50 {p50:.1f} ms, p99 {p99:.1f} ms"
+                 + ("" if still_running else " (job ended during the run)")))
+
+    width = max(len(r[0]) for r in rows)
+    print()
+    print(f"{'measure'.ljust(width)}  {'value':>16}  notes")
+    print(f"{'-' * width}  {'-' * 16}  {'-' * 40}")
+    for name, value, note in rows:
+        print(f"{name.ljust(width)}  {value:>16}  {note}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
