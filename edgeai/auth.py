@@ -49,6 +49,9 @@ def verify_secret(secret: str, stored: str) -> bool:
     return hmac.compare_digest(candidate, digest)
 
 
+_DECOY_HASH = hash_secret("decoy", b"\0" * 16)
+
+
 @dataclass(frozen=True)
 class IssuedKey:
     """A new key pair; the secret exists only here and is never stored."""
@@ -134,7 +137,7 @@ class Authenticator:
         fingerprint = hashlib.sha256(secret.encode()).digest()
         if stored is None:
             # Spend the same time as a real check so timing does not reveal ids.
-            verify_secret(secret, hash_secret("decoy", b"0" * 16))
+            verify_secret(secret, _DECOY_HASH)
             raise refused
         now = time.monotonic()
         with self._lock:

@@ -43,7 +43,7 @@ class Limits:
     threads: int = 1
     file_mb: int = 4096
     open_files: int = 512
-    processes: int = 512
+    processes: int = 1024
     spare_ready_seconds: int = 120
 
     def child_limits(self) -> dict[str, int]:

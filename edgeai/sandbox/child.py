@@ -31,6 +31,8 @@ def main() -> int:
     confine.die_with_parent(settings["parent_pid"])
     network_isolated = settings.get("isolate_network") and confine.isolate_network()
     confine.set_limits(settings["limits"])
+    # Below the server's priority: status calls stay fast while a job computes.
+    os.nice(10)
     if settings.get("uid") is not None:
         confine.drop_privileges(settings["uid"], settings["gid"])
     os.chdir(settings["idle_dir"])

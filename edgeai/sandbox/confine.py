@@ -53,9 +53,9 @@ def set_limits(limits: dict[str, int]) -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
     resource.setrlimit(resource.RLIMIT_NOFILE, (limits["open_files"], limits["open_files"]))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    if os.getuid() != 0:
-        # RLIMIT_NPROC is per user and ignored for root; it bounds threads too.
-        resource.setrlimit(resource.RLIMIT_NPROC, (limits["processes"], limits["processes"]))
+    # RLIMIT_NPROC counts the user's processes and threads; the kernel ignores it
+    # for root, so it binds once drop_privileges() has run.
+    resource.setrlimit(resource.RLIMIT_NPROC, (limits["processes"], limits["processes"]))
 
 
 def drop_privileges(uid: int, gid: int) -> None:
