@@ -22,7 +22,7 @@ $(STAMP): requirements.txt setup.cfg
 run: install
 	$(BIN)/edgeai db upgrade
 	$(BIN)/gunicorn --bind $(HOST):$(PORT) --workers $(WORKERS) --worker-class gthread \
-		--threads 4 --timeout 300 --graceful-timeout 30 wsgi:app
+		--threads 4 --timeout 300 --graceful-timeout 30 --no-control-socket wsgi:app
 
 lint: install
 	$(BIN)/ruff check edgeai tests wsgi.py migrations bench

@@ -42,7 +42,8 @@ class LiveServer:
         self.proc = subprocess.Popen(
             [str(BIN / "gunicorn"), "--bind", f"127.0.0.1:{self.port}", "--workers",
              str(self.workers), "--worker-class", "gthread", "--threads", "4",
-             "--timeout", "120", "--graceful-timeout", "10", "wsgi:app"],
+             "--timeout", "120", "--graceful-timeout", "10", "--no-control-socket",
+             "wsgi:app"],
             cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT,
             start_new_session=True)
         deadline = time.monotonic() + timeout
