@@ -100,9 +100,8 @@ def _submit(framework: str, params: dict, uploads: dict[str, FileStorage]) -> di
 class TensorFlowPrune(Resource):
     """Prune a TensorFlow/Keras model."""
 
-    @ns.doc(security=[{"client_id": [], "client_secret": []}])
     @ns.expect(tf_parser)
-    @ns.response(200, "Submitted", submitted)
+    @ns.marshal_with(submitted, description="Submitted")
     @ns.response(400, "Bad parameter or file", refused)
     @ns.response(401, "Missing or invalid API key", refused)
     @ns.response(413, "Upload too large", refused)
@@ -122,7 +121,7 @@ class PyTorchPrune(Resource):
     """Prune a PyTorch model."""
 
     @ns.expect(pt_parser)
-    @ns.response(200, "Submitted", submitted)
+    @ns.marshal_with(submitted, description="Submitted")
     @ns.response(400, "Bad parameter or file", refused)
     @ns.response(401, "Missing or invalid API key", refused)
     @ns.response(413, "Upload too large", refused)

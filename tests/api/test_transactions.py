@@ -118,3 +118,11 @@ def test_upload_over_limit_is_413_in_guide_shape(make_app, tmp_path):
     assert response.status_code == 413
     body = response.get_json()
     assert body["txid"] is None and "EDGEAI_MAX_UPLOAD_MB" in body["message"]
+
+
+def test_x_fields_mask_on_submit(client, headers):
+    response = client.post("/api/tf_prune?percent=0.4",
+                           headers=dict(headers, **{"X-Fields": "txid"}),
+                           data={"model": (io.BytesIO(H5), "m.h5")})
+    assert response.status_code == 200
+    assert list(response.get_json()) == ["txid"]
