@@ -42,6 +42,7 @@ def build_app(overrides: dict[str, Any] | None = None) -> Flask:
         # Form fields are tiny; only files are large, and those go to disk.
         MAX_FORM_MEMORY_SIZE=1024 * 1024,
         RESTX_MASK_SWAGGER=True,
+        SWAGGER_UI_DOC_EXPANSION="list",
         ERROR_404_HELP=False,
         JSON_SORT_KEYS=False,
     )

@@ -107,7 +107,7 @@ class TensorFlowPrune(Resource):
     @ns.response(413, "Upload too large", refused)
     @ns.response(429, "Too many jobs queued or running for this client", refused)
     def post(self):
-        """Submit a Keras model (.h5, .keras, or zipped SavedModel) for pruning."""
+        """Submit a Keras model (h5, keras, or a zipped SavedModel) for pruning."""
         owner = context.current_client()
         percent = parse_percent(request.args.get("percent"))
         omitted = parse_omitted(request.args)

@@ -126,3 +126,13 @@ def test_x_fields_mask_on_submit(client, headers):
                            data={"model": (io.BytesIO(H5), "m.h5")})
     assert response.status_code == 200
     assert list(response.get_json()) == ["txid"]
+
+
+def test_every_operation_has_a_whole_summary(client):
+    spec = client.get("/api/swagger.json").get_json()
+    for path, operations in spec["paths"].items():
+        for verb, operation in operations.items():
+            if verb in ("get", "post"):
+                summary = operation.get("summary", "")
+                assert len(summary) > 20 and summary.count("(") == summary.count(")"), \
+                    (path, summary)
