@@ -44,6 +44,12 @@ def claim_next_job(database: Database, claimer: str, max_running: int) -> Transa
     Returns the claimed row (detached), or None when nothing is queued or
     ``max_running`` jobs already run service-wide.
     """
+    with database.session() as session:
+        # A plain read first: polling workers take SQLite's write lock only when
+        # there is something to claim.
+        if session.scalar(select(Transaction.txid).where(Transaction.state == "queued")
+                          .limit(1)) is None:
+            return None
     with database.immediate() as session:
         running = session.scalar(
             select(func.count()).select_from(Transaction).where(Transaction.state == "running"))
@@ -192,14 +198,19 @@ class JobRunner:
             thread.join(timeout)
         with self._held_lock:
             held = list(self._held)
-        if held:
-            # Not the job's fault: give the attempt back and let a live worker take it.
-            with self.database.immediate() as session:
-                session.execute(update(Transaction).where(
-                    Transaction.txid.in_(held), Transaction.claimed_by == self.claimer,
-                    Transaction.state == "running").values(
-                    state="queued", claimed_by=None, attempts=Transaction.attempts - 1,
-                    message="Re-queued: the server worker running it shut down."))
+        self._release(held)
+
+    def _release(self, txids: list[str]) -> None:
+        """Hand rows this worker holds back to the queue, giving the attempt back:
+        a shutdown is not the job's fault, and a live worker takes it at once."""
+        if not txids:
+            return
+        with self.database.immediate() as session:
+            session.execute(update(Transaction).where(
+                Transaction.txid.in_(txids), Transaction.claimed_by == self.claimer,
+                Transaction.state == "running").values(
+                state="queued", claimed_by=None, attempts=Transaction.attempts - 1,
+                message="Re-queued: the server worker running it shut down."))
 
     # -- loops -------------------------------------------------------------
     def _free_slots(self) -> int:
@@ -255,9 +266,10 @@ class JobRunner:
             values = {"state": "failed",
                       "message": f"Internal error while pruning: {type(error).__name__}: {error}"}
         try:
-            if not self._stop.is_set() or values.get("state") == "done":
-                if finish_job(self.database, txid, self.claimer, **values):
-                    self.storage.remove_inputs(txid)
+            if self._stop.is_set() and values.get("state") != "done":
+                self._release([txid])
+            elif finish_job(self.database, txid, self.claimer, **values):
+                self.storage.remove_inputs(txid)
         finally:
             self.storage.remove_work(txid)
             with self._held_lock:

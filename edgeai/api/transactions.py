@@ -78,10 +78,10 @@ download_parser.add_argument("format", type=str, location="args", default="model
 
 def find_transaction(raw_txid: str | None) -> Transaction:
     """Return the caller's transaction ``raw_txid``; raises BadRequest or NotFound."""
+    owner = context.current_client()
     if not raw_txid:
         raise status_error(BadRequest, "-1", "txid is required, e.g. ?txid=<the txid that "
                                              "tf_prune or pt_prune returned>.")
-    owner = context.current_client()
     try:
         txid = str(uuid.UUID(raw_txid.strip()))
     except ValueError:
