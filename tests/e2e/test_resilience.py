@@ -78,3 +78,23 @@ def test_sigkill_mid_run_loses_nothing(live_server, tmp_path):
                                     headers=headers, timeout=60)
             assert response.status_code == 200 and len(response.content) > 1000
     assert sum(b["status"] == "0" for b in finals.values()) == len(txids)
+
+
+def test_graceful_restart_requeues_running_jobs_without_spending_an_attempt(live_server,
+                                                                             tmp_path):
+    data_dir = tmp_path / "var"
+    server = live_server(data_dir, EDGEAI_MAX_JOBS_PER_CLIENT="50")
+    headers = server.create_key()
+    files = write_guide_pytorch_files(tmp_path / "user")
+    txids = [submit_guide_net(server, headers, files).json()["txid"] for _ in range(4)]
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if any(server.status(t, headers)["status"] == "2" for t in txids):
+            break
+        time.sleep(0.05)
+    server.stop()  # SIGTERM, as a deploy or a service manager does
+
+    restarted = live_server(data_dir)
+    finals = [restarted.wait(t, headers, timeout=300) for t in txids]
+    assert [b["status"] for b in finals] == ["0"] * 4, finals
+    assert all(b["attempts"] == 1 for b in finals), [b["attempts"] for b in finals]
