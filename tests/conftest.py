@@ -3,7 +3,9 @@ an app factory, a client, and API keys."""
 from __future__ import annotations
 
 import os
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -13,10 +15,20 @@ from edgeai.auth import create_key
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+def reachable_tmp(tmp_path):
+    """``tmp_path`` made traversable for the sandbox user (pytest makes its base 0700);
+    the sandbox refuses to start on a data dir its user cannot reach."""
+    for folder in [*tmp_path.parents][:3]:
+        if str(folder).startswith(tempfile.gettempdir()) and folder != Path(tempfile.gettempdir()):
+            folder.chmod(folder.stat().st_mode | 0o111)
+    tmp_path.chmod(tmp_path.stat().st_mode | 0o111)
+    return tmp_path
+
+
 @pytest.fixture
 def data_dir(tmp_path):
     """A fresh EDGEAI_DATA_DIR."""
-    path = tmp_path / "var"
+    path = reachable_tmp(tmp_path) / "var"
     path.mkdir()
     return path
 

@@ -67,6 +67,47 @@ def sandbox_user() -> tuple[int, int] | None:
     return entry.pw_uid, entry.pw_gid
 
 
+class SandboxSetupError(RuntimeError):
+    """The sandbox cannot work with this data dir (raised at start-up)."""
+
+
+def check_reachable(path: Path, uid: int, gid: int) -> None:
+    """Raise :class:`SandboxSetupError` unless ``uid`` may traverse every folder down to
+    ``path``: the child drops to that user and must reach its own folder."""
+    for folder in [*reversed(Path(path).resolve().parents), Path(path).resolve()]:
+        info = folder.stat()
+        if info.st_uid == uid:
+            bit = 0o100
+        elif info.st_gid == gid:
+            bit = 0o010
+        else:
+            bit = 0o001
+        if not info.st_mode & bit:
+            raise SandboxSetupError(
+                f"The sandbox user (uid {uid}) cannot reach {path}: {folder} is mode "
+                f"{oct(info.st_mode & 0o777)}. Put EDGEAI_DATA_DIR under folders others may "
+                f"traverse (chmod o+x {folder}), or set EDGEAI_SANDBOX_USER.")
+
+
+def interpreter_unreachable(uid: int, gid: int) -> str | None:
+    """Why ``uid`` could not run this Python (its stdlib, packages or edgeai), or None."""
+    import os as os_module
+
+    folders = {Path(os_module.__file__).parent, Path(json.__file__).parent.parent,
+               Path(PACKAGE_PARENT)}
+    import flask  # noqa: F401 - a third-party package locates site-packages
+
+    folders.add(Path(sys.modules["flask"].__file__).parent.parent)
+    for folder in sorted(folders):
+        try:
+            check_reachable(folder, uid, gid)
+        except SandboxSetupError as error:
+            return (f"{error} Python or its packages live where the sandbox user cannot read "
+                    "them, so jobs cannot drop root here; the other limits still apply. "
+                    "Install Python where others can read it to get the privilege drop.")
+    return None
+
+
 class _Child:
     """One sandbox child process, from spawn to exit."""
 
@@ -79,6 +120,7 @@ class _Child:
             "limits": sandbox.limits.child_limits(),
             "isolate_network": sandbox.isolate_network,
             "idle_dir": str(sandbox.idle_dir),
+            "privilege_note": sandbox.privilege_note,
             "uid": sandbox.user[0] if sandbox.user else None,
             "gid": sandbox.user[1] if sandbox.user else None,
         }
@@ -158,6 +200,13 @@ class Sandbox:
             path.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o711)
         os.chmod(self.log_dir, 0o700)
+        self.privilege_note = None
+        if self.user:
+            check_reachable(self.root, *self.user)
+            self.privilege_note = interpreter_unreachable(*self.user)
+            if self.privilege_note:
+                log.warning("Sandbox children keep root: %s", self.privilege_note)
+                self.user = None
         self._own(self.idle_dir)
         self._spares: dict[str, _Child] = {}
         self._lock = threading.Lock()
@@ -313,4 +362,5 @@ def limits_from_settings(settings) -> Limits:  # noqa: ANN001 - edgeai.config.Se
                   threads=settings.job_threads)
 
 
-__all__ = ["JobFailed", "Limits", "Sandbox", "limits_from_settings", "sandbox_user"]
+__all__ = ["JobFailed", "Limits", "Sandbox", "SandboxSetupError", "check_reachable",
+           "limits_from_settings", "sandbox_user"]

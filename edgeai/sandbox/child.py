@@ -75,6 +75,7 @@ def main() -> int:
     report["sandbox"] = {
         "network_isolated": bool(network_isolated),
         "dropped_privileges": os.getuid() != 0,
+        "privilege_note": settings.get("privilege_note"),
         "warm_up_seconds": round(warm_up_seconds, 3),
         "job_seconds": round(time.perf_counter() - job_started, 3),
         # ru_maxrss is in KiB on Linux; it includes the framework import.

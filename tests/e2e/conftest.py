@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.conftest import reachable_tmp
 from tests.e2e.server import LiveServer
 
 
@@ -12,7 +13,7 @@ def live_server(tmp_path):
     servers = []
 
     def start(data_dir=None, **env):
-        server = LiveServer(data_dir or tmp_path / "var", **env)
+        server = LiveServer(data_dir or reachable_tmp(tmp_path) / "var", **env)
         servers.append(server)
         return server.start()
 

@@ -12,6 +12,7 @@ itself only ever happens inside the confined sandbox child.
 from __future__ import annotations
 
 import ast
+import importlib.machinery
 import importlib.util
 import sys
 from pathlib import Path
@@ -168,7 +169,9 @@ def import_class_file(path: str, module_name: str) -> ModuleType:
         # Never shadow a real module (torch, math, ...): the pickle would point at it.
         raise PruningError(f"class_def's file name '{module_name}.py' clashes with a Python "
                            "module; rename the file (e.g. model.py).")
-    spec = importlib.util.spec_from_file_location(module_name, path)
+    # The upload is stored under a server-made name without ".py": name the loader.
+    loader = importlib.machinery.SourceFileLoader(module_name, str(path))
+    spec = importlib.util.spec_from_loader(module_name, loader)
     module = importlib.util.module_from_spec(spec)
     module.__edgeai__ = True
     sys.modules[module_name] = module
