@@ -11,9 +11,10 @@ from tests.e2e.server import LiveServer
 def live_server(tmp_path):
     """Factory: ``live_server(**EDGEAI_settings)`` starts a server, stopped at teardown."""
     servers = []
+    reachable_tmp(tmp_path)
 
     def start(data_dir=None, **env):
-        server = LiveServer(data_dir or reachable_tmp(tmp_path) / "var", **env)
+        server = LiveServer(data_dir or tmp_path / "var", **env)
         servers.append(server)
         return server.start()
 
