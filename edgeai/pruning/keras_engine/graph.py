@@ -1,0 +1,284 @@
+"""The channel-dependency graph of a Keras model.
+
+Every output channel of every tensor is mapped to a *channel element*. Producers
+(convolutions, dense layers) create fresh elements; layers that keep channels
+(BatchNormalization, activations, pooling, ...) pass their input's elements on;
+``Add``-like layers unify their inputs' elements one to one (a union-find);
+``Concatenate`` joins its inputs' element lists (so channel offsets map back to
+each producer); ``Flatten`` tiles the elements over the spatial positions (so a
+``Dense`` after it knows which of its inputs belong to which channel); a depthwise
+convolution repeats each element ``depth_multiplier`` times. A set of elements
+that must go together is one *channel*; producers that share channels form a
+*group*, scored and pruned as one. Elements that reach a model output, an
+omitted layer, or a layer this module does not understand are *frozen*: their
+groups are left whole, and the report says why.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import keras
+import numpy as np
+
+L = keras.layers
+
+CONV = (L.Conv1D, L.Conv2D, L.Conv3D)
+CONV_T = (L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose)
+SEPARABLE = (L.SeparableConv1D, L.SeparableConv2D)
+DEPTHWISE = (L.DepthwiseConv1D, L.DepthwiseConv2D)
+MERGE = (L.Add, L.Subtract, L.Multiply, L.Average, L.Maximum, L.Minimum)
+PASS_THROUGH = (
+    L.BatchNormalization, L.Activation, L.ReLU, L.LeakyReLU, L.PReLU, L.ELU, L.Softmax,
+    L.Dropout, L.SpatialDropout1D, L.SpatialDropout2D, L.SpatialDropout3D, L.GaussianNoise,
+    L.GaussianDropout, L.AlphaDropout, L.ActivityRegularization, L.Identity,
+    L.MaxPooling1D, L.MaxPooling2D, L.MaxPooling3D, L.AveragePooling1D, L.AveragePooling2D,
+    L.AveragePooling3D, L.GlobalAveragePooling1D, L.GlobalAveragePooling2D,
+    L.GlobalAveragePooling3D, L.GlobalMaxPooling1D, L.GlobalMaxPooling2D, L.GlobalMaxPooling3D,
+    L.ZeroPadding1D, L.ZeroPadding2D, L.ZeroPadding3D, L.Cropping1D, L.Cropping2D,
+    L.Cropping3D, L.UpSampling1D, L.UpSampling2D, L.UpSampling3D, L.Rescaling,
+)
+# Keras-internal layers of keras.applications that act per channel.
+PASS_THROUGH_NAMES = ("LayerScale", "StochasticDepth")
+
+
+def is_producer(layer) -> bool:  # noqa: ANN001
+    """Does ``layer`` create output channels of its own (a prunable filter bank)?"""
+    return isinstance(layer, CONV + CONV_T + SEPARABLE + (L.Dense,))
+
+
+def producer_width(layer) -> int:  # noqa: ANN001
+    """Output channels (filters or units) of a producer."""
+    return int(layer.units if isinstance(layer, L.Dense) else layer.filters)
+
+
+class UnionFind:
+    """Union-find over integer ids with path halving."""
+
+    def __init__(self) -> None:
+        self.parent: list[int] = []
+
+    def make(self, count: int) -> np.ndarray:
+        start = len(self.parent)
+        self.parent.extend(range(start, start + count))
+        return np.arange(start, start + count, dtype=np.int64)
+
+    def find(self, item: int) -> int:
+        parent = self.parent
+        while parent[item] != item:
+            parent[item] = parent[parent[item]]
+            item = parent[item]
+        return item
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+    def roots(self, items: np.ndarray) -> np.ndarray:
+        return np.fromiter((self.find(int(i)) for i in items), dtype=np.int64, count=len(items))
+
+
+@dataclass
+class LayerRecord:
+    """What the graph knows about one layer object (shared calls are merged)."""
+
+    layer: object
+    path: str
+    in_map: np.ndarray | None = None
+    space: np.ndarray | None = None
+
+
+@dataclass
+class ChannelGraph:
+    """Elements, the layers that hold them, and why some are frozen."""
+
+    uf: UnionFind = field(default_factory=UnionFind)
+    records: dict[int, LayerRecord] = field(default_factory=dict)
+    frozen: list[tuple[np.ndarray, str, str]] = field(default_factory=list)
+    order: list[int] = field(default_factory=list)
+
+    def record(self, layer, path: str) -> LayerRecord:  # noqa: ANN001
+        key = id(layer)
+        if key not in self.records:
+            self.records[key] = LayerRecord(layer, path)
+            self.order.append(key)
+        return self.records[key]
+
+    def freeze(self, elements: np.ndarray, layer_name: str, reason: str) -> None:
+        if elements is not None and len(elements):
+            self.frozen.append((elements, layer_name, reason))
+
+    def unify(self, a: np.ndarray, b: np.ndarray) -> None:
+        for x, y in zip(a.tolist(), b.tolist(), strict=True):
+            self.uf.union(x, y)
+
+
+def _channel_dim(tensor) -> int | None:  # noqa: ANN001
+    shape = tuple(tensor.shape)
+    return int(shape[-1]) if shape and shape[-1] is not None else None
+
+
+def _layers_graph(model):  # noqa: ANN001, ANN202
+    """(nodes by depth, inputs, outputs) of a functional or Sequential model."""
+    graph = model
+    if not hasattr(model, "_nodes_by_depth") or not model._nodes_by_depth:
+        graph = getattr(model, "_functional", None) or model
+    return graph._nodes_by_depth, list(graph.inputs), list(graph.outputs)
+
+
+def build_graph(model, omitted: set[str]) -> ChannelGraph:  # noqa: ANN001
+    """Trace ``model`` into a :class:`ChannelGraph`. Raises ValueError for a model
+    that is not a functional or Sequential graph (a subclassed model)."""
+    graph = ChannelGraph()
+    nodes, inputs, outputs = _layers_graph(model)
+    if not nodes:
+        raise ValueError("the model has no layer graph (a subclassed Model cannot be pruned; "
+                         "save a Sequential or functional model)")
+    maps: dict[int, np.ndarray] = {}
+    for tensor in inputs:
+        width = _channel_dim(tensor) or 1
+        elements = graph.uf.make(width)
+        graph.freeze(elements, "input", "model input")
+        maps[id(tensor)] = elements
+    _walk(graph, model, maps, omitted, prefix="")
+    for tensor in outputs:
+        graph.freeze(maps.get(id(tensor)), "output", "produces a model output")
+    return graph
+
+
+def _walk(graph: ChannelGraph, model, maps: dict[int, np.ndarray], omitted: set[str],
+          prefix: str) -> None:  # noqa: ANN001
+    nodes, inputs, _ = _layers_graph(model)
+    for depth in sorted(nodes, reverse=True):
+        for node in nodes[depth]:
+            layer = node.operation
+            if isinstance(layer, L.InputLayer):
+                continue
+            in_tensors = list(node.input_tensors)
+            in_maps = [maps.get(id(t)) for t in in_tensors]
+            if any(m is None for m in in_maps):
+                # An input the walk has not reached (e.g. a constant): leave it whole.
+                in_maps = [m if m is not None else graph.uf.make(_channel_dim(t) or 1)
+                           for m, t in zip(in_maps, in_tensors, strict=True)]
+            out_maps = _visit(graph, layer, node, in_maps, omitted, prefix)
+            for tensor, elements in zip(node.outputs, out_maps, strict=True):
+                maps[id(tensor)] = elements
+
+
+def _fresh_frozen(graph: ChannelGraph, node, name: str, reason: str) -> list[np.ndarray]:  # noqa: ANN001
+    out = []
+    for tensor in node.outputs:
+        elements = graph.uf.make(_channel_dim(tensor) or 1)
+        graph.freeze(elements, name, reason)
+        out.append(elements)
+    return out
+
+
+def _visit(graph: ChannelGraph, layer, node, in_maps: list[np.ndarray], omitted: set[str],
+           prefix: str) -> list[np.ndarray]:  # noqa: ANN001
+    name = prefix + layer.name
+    kind = type(layer).__name__
+    if isinstance(layer, keras.Model):
+        inner_maps: dict[int, np.ndarray] = {}
+        _, inner_inputs, inner_outputs = _layers_graph(layer)
+        for tensor, elements in zip(inner_inputs, in_maps, strict=False):
+            inner_maps[id(tensor)] = elements
+        _walk(graph, layer, inner_maps, omitted, prefix=name + "/")
+        out = [inner_maps[id(t)] for t in inner_outputs]
+        if layer.name in omitted:
+            for elements in out:
+                graph.freeze(elements, name, "listed in ommitted")
+        return out
+
+    record = graph.record(layer, name)
+    first = in_maps[0] if in_maps else None
+    channels_last = getattr(layer, "data_format", "channels_last") != "channels_first"
+
+    def remember_input() -> None:
+        if record.in_map is None:
+            record.in_map = first
+        elif first is not None and len(record.in_map) == len(first):
+            graph.unify(record.in_map, first)  # a shared layer: both calls slice alike
+
+    if is_producer(layer):
+        grouped = getattr(layer, "groups", 1) > 1
+        if not channels_last or grouped:
+            why = ("channels_first data format" if not channels_last
+                   else f"grouped convolution (groups={layer.groups})")
+            for elements in in_maps:
+                graph.freeze(elements, name, why)
+            remember_input()
+            if record.space is None:
+                record.space = graph.uf.make(producer_width(layer))
+                graph.freeze(record.space, name, why)
+            return [record.space]
+        remember_input()
+        if record.space is None:
+            record.space = graph.uf.make(producer_width(layer))
+            if layer.name in omitted:
+                graph.freeze(record.space, name, "listed in ommitted")
+        return [record.space]
+
+    if isinstance(layer, DEPTHWISE):
+        if not channels_last:
+            for elements in in_maps:
+                graph.freeze(elements, name, "channels_first data format")
+            return _fresh_frozen(graph, node, name, "channels_first data format")
+        remember_input()
+        out = np.repeat(first, int(layer.depth_multiplier))
+        if layer.name in omitted:
+            graph.freeze(out, name, "listed in ommitted")
+        return [out]
+
+    if isinstance(layer, PASS_THROUGH) or kind in PASS_THROUGH_NAMES or (
+            isinstance(layer, L.LayerNormalization) and _last_axis_only(layer, node)):
+        axis = getattr(layer, "axis", -1)
+        last = len(node.outputs[0].shape) - 1
+        if isinstance(layer, L.BatchNormalization) and axis not in (-1, last):
+            graph.freeze(first, name, f"normalises axis {axis}, not the channel axis")
+            return _fresh_frozen(graph, node, name, f"normalises axis {axis}")
+        remember_input()
+        if layer.name in omitted:
+            graph.freeze(first, name, "listed in ommitted")
+        return [first]
+
+    if isinstance(layer, MERGE):
+        widths = {len(m) for m in in_maps}
+        if len(widths) == 1:
+            for other in in_maps[1:]:
+                graph.unify(in_maps[0], other)
+            return [in_maps[0]]
+        if widths - {1} and len(widths - {1}) == 1:
+            wide = [m for m in in_maps if len(m) != 1]
+            for other in wide[1:]:
+                graph.unify(wide[0], other)
+            return [wide[0]]
+        for elements in in_maps:
+            graph.freeze(elements, name, "inputs of different widths")
+        return _fresh_frozen(graph, node, name, "inputs of different widths")
+
+    if isinstance(layer, L.Concatenate):
+        rank = len(node.outputs[0].shape)
+        if layer.axis in (-1, rank - 1):
+            return [np.concatenate(in_maps)]
+        for other in in_maps[1:]:
+            if len(other) == len(in_maps[0]):
+                graph.unify(in_maps[0], other)
+        return [in_maps[0]]
+
+    if isinstance(layer, L.Flatten) and channels_last:
+        shape = tuple(node.input_tensors[0].shape)[1:-1]
+        if all(d is not None for d in shape):
+            return [np.tile(first, int(np.prod(shape)) if shape else 1)]
+
+    reason = f"{kind} is not understood by the pruner; channels through it are kept"
+    for elements in in_maps:
+        graph.freeze(elements, name, reason)
+    return _fresh_frozen(graph, node, name, reason)
+
+
+def _last_axis_only(layer, node) -> bool:  # noqa: ANN001
+    axis = layer.axis
+    rank = len(node.outputs[0].shape)
+    axes = axis if isinstance(axis, (list, tuple)) else [axis]
+    return [a % rank for a in axes] == [rank - 1]

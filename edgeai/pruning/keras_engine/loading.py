@@ -1,0 +1,105 @@
+"""Loading by format (after inspection) and saving in the format that came in."""
+from __future__ import annotations
+
+import os
+import shutil
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from edgeai.pruning.base import PruningError
+from edgeai.pruning.keras_engine import inspection
+
+FORMATS = (".h5", ".hdf5", ".keras", ".zip")
+
+
+@dataclass
+class Loaded:
+    """A loaded model and how to write it back."""
+
+    model: object
+    kind: str  # "keras", "h5", "zip-keras"
+    compile_config: dict | None
+
+
+def load(path: str, client_name: str, workdir: Path) -> Loaded:
+    """Inspect, then load ``path`` by the extension of ``client_name``.
+
+    Raises PruningError (UnsafeInputError for refused content) with the formats
+    supported and the name received.
+    """
+    import keras
+
+    suffix = PurePosixPath(client_name.lower()).suffix
+    if suffix not in FORMATS:
+        raise PruningError(f"Model files must be {', '.join(FORMATS)}; got {client_name!r}.")
+    source = Path(path)
+    if suffix == ".zip":
+        unpacked = workdir / "unpacked"
+        unpacked.mkdir(exist_ok=True)
+        files = inspection.safe_extract(source, unpacked)
+        keras_files = [f for f in files if f.suffix == ".keras"]
+        if len(keras_files) == 1:
+            inspection.inspect_keras_file(keras_files[0])
+            return _load_keras3(keras_files[0], "zip-keras")
+        if any(f.name in ("saved_model.pb", "saved_model.pbtxt") for f in files):
+            raise PruningError(
+                "SavedModel directories (Keras 2 model.save() without an extension) are not "
+                "supported yet; save the model as model.save('model.h5') or as a .keras file "
+                "and upload that (or a .zip holding one .keras file).")
+        raise PruningError("The .zip must hold one .keras file (or a SavedModel directory); "
+                           f"it holds: {', '.join(sorted(f.name for f in files)[:10])}.")
+    if suffix == ".keras":
+        inspection.inspect_keras_file(source)
+        local = workdir / "model.keras"  # Keras decides the format by the extension
+        os.link(source, local)
+        return _load_keras3(local, "keras")
+    inspection.inspect_h5_file(source)
+    local = workdir / "model.h5"
+    os.link(source, local)
+    del keras
+    return _load_keras3(local, "h5")
+
+
+def _load_keras3(path: Path, kind: str) -> Loaded:
+    import keras
+
+    try:
+        model = keras.saving.load_model(path, safe_mode=True, compile=True)
+    except Exception as first:  # noqa: BLE001 - retry without the training config
+        try:
+            model = keras.saving.load_model(path, safe_mode=True, compile=False)
+        except Exception as error:  # noqa: BLE001
+            raise PruningError(f"Keras could not load the model: {type(error).__name__}: "
+                               f"{str(error).splitlines()[0][:300]}") from first
+    compile_config = None
+    if getattr(model, "compiled", False):
+        try:
+            compile_config = model.get_compile_config()
+        except Exception:  # noqa: BLE001 - compile settings are best effort
+            compile_config = None
+    return Loaded(model, kind, compile_config)
+
+
+def save(model, loaded: Loaded, out_dir: str, stem: str, workdir: Path) -> str:  # noqa: ANN001
+    """Write ``model`` in the uploaded format; return the artifact's file name."""
+    if loaded.compile_config:
+        try:
+            model.compile_from_config(loaded.compile_config)
+        except Exception:  # noqa: BLE001 - a model without its optimizer is still usable
+            pass
+    if loaded.kind == "h5":
+        name = stem + ".h5"
+        model.save(os.path.join(out_dir, name))
+        return name
+    if loaded.kind == "keras":
+        name = stem + ".keras"
+        model.save(os.path.join(out_dir, name))
+        return name
+    inner = workdir / "pruned.keras"
+    model.save(inner)
+    name = stem + ".zip"
+    with zipfile.ZipFile(os.path.join(out_dir, name), "w", zipfile.ZIP_STORED) as archive:
+        archive.write(inner, stem + ".keras")
+    shutil.rmtree(workdir / "unpacked", ignore_errors=True)
+    return name
