@@ -86,6 +86,7 @@ class LayerRecord:
     path: str
     in_map: np.ndarray | None = None
     space: np.ndarray | None = None
+    in_maps: list[np.ndarray] | None = None  # nested models: one map per input
 
 
 @dataclass
@@ -179,6 +180,13 @@ def _visit(graph: ChannelGraph, layer, node, in_maps: list[np.ndarray], omitted:
     name = prefix + layer.name
     kind = type(layer).__name__
     if isinstance(layer, keras.Model):
+        record = graph.record(layer, name)
+        if record.in_maps is None:
+            record.in_maps = list(in_maps)
+        else:  # a nested model called again shares its weights: tie its inputs
+            for known, new in zip(record.in_maps, in_maps, strict=False):
+                if len(known) == len(new):
+                    graph.unify(known, new)
         inner_maps: dict[int, np.ndarray] = {}
         _, inner_inputs, inner_outputs = _layers_graph(layer)
         for tensor, elements in zip(inner_inputs, in_maps, strict=False):

@@ -19,7 +19,7 @@ def layer_macs(layer, in_shape, out_shape) -> int:  # noqa: ANN001
     """Multiply-accumulates of one call of ``layer`` for one sample."""
     kernel_size = _prod(getattr(layer, "kernel_size", ()) or (1,))
     if isinstance(layer, L.Dense):
-        return _prod(in_shape[1:])  * int(layer.units)
+        return _prod(in_shape[1:]) * int(layer.units)
     if isinstance(layer, SEPARABLE):
         spatial = _prod(out_shape[1:-1])
         channels = int(in_shape[-1])
@@ -28,9 +28,10 @@ def layer_macs(layer, in_shape, out_shape) -> int:  # noqa: ANN001
     if isinstance(layer, DEPTHWISE):
         return _prod(out_shape[1:]) * kernel_size
     if isinstance(layer, CONV_T):
-        return _prod(in_shape[1:]) * kernel_size * int(layer.filters) // max(1, layer.groups)
+        return _prod(in_shape[1:]) * kernel_size * int(layer.filters)
     if isinstance(layer, CONV):
-        return _prod(out_shape[1:]) * kernel_size * int(in_shape[-1]) // max(1, layer.groups)
+        return (_prod(out_shape[1:]) * kernel_size * int(in_shape[-1])
+                // max(1, getattr(layer, "groups", 1)))
     return 0
 
 

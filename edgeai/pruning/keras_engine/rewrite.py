@@ -164,6 +164,8 @@ def rewrite_model(model, graph: ChannelGraph, plan: Plan):  # noqa: ANN001, ANN2
     originals: dict[str, object] = {}
 
     def clone_layer(layer):  # noqa: ANN001, ANN202
+        if isinstance(layer, keras.Model):
+            return clone_nested(layer)
         config = layer.get_config()
         width = new_width.get(id(layer))
         if width is not None and width != producer_width(layer):
@@ -172,11 +174,25 @@ def rewrite_model(model, graph: ChannelGraph, plan: Plan):  # noqa: ANN001, ANN2
         originals[id(clone)] = layer
         return clone
 
-    rebuilt = keras.models.clone_model(model, clone_function=clone_layer, recursive=True)
+    def clone_nested(inner):  # noqa: ANN001, ANN202
+        # A nested model's Input has a fixed shape: give it the pruned width.
+        record = records.get(id(inner))
+        inputs = []
+        for index, tensor in enumerate(inner.inputs):
+            shape = tuple(tensor.shape)[1:]
+            if record is not None and record.in_maps and index < len(record.in_maps):
+                shape = shape[:-1] + (int(plan.alive(graph, record.in_maps[index]).sum()),)
+            inputs.append(keras.Input(shape=shape, dtype=tensor.dtype))
+        clone = keras.models.clone_model(inner, input_tensors=inputs if len(inputs) > 1
+                                         else inputs[0], clone_function=clone_layer)
+        originals[id(clone)] = inner
+        return clone
+
+    rebuilt = keras.models.clone_model(model, clone_function=clone_layer)
     for new_layer in iterate_layers(rebuilt):
         old = originals.get(id(new_layer))
-        if old is None or not old.weights:
-            continue
+        if old is None or not old.weights or isinstance(old, keras.Model):
+            continue  # a nested model's weights are its layers', set one by one
         weights = sliced_weights(old, records.get(id(old)), graph, plan)
         new_layer.set_weights(weights if weights is not None else old.get_weights())
     return rebuilt
