@@ -76,6 +76,9 @@ class KerasPruner(Engine):
             path = paths.get(id(layer), layer.name)
             status, why = plan.layer_status.get(path, ("unchanged", None))
             after = new_layers.get(layer.name)
+            if status == "unchanged" and after is not None and \
+                    producer_width(after) != producer_width(layer):
+                status, why = "pruned", "follows its input channels (depthwise)"
             report["layers"].append({
                 "name": path, "type": type(layer).__name__,
                 "channels_before": producer_width(layer),

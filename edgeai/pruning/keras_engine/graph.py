@@ -39,11 +39,27 @@ PASS_THROUGH = (
 )
 # Keras-internal layers of keras.applications that act per channel.
 PASS_THROUGH_NAMES = ("LayerScale", "StochasticDepth")
+# Keras 3 records ``x + 3.0`` or ``inputs + x`` in a functional model as operations
+# (keras.src.ops), not layers. These act element by element on the channels.
+ELEMENTWISE_OPS = {
+    "Add", "Subtract", "Multiply", "Divide", "TrueDivide", "Maximum", "Minimum", "Power",
+    "Negative", "Abs", "Square", "Sqrt", "Exp", "Log", "Clip", "Relu", "Relu6", "Sigmoid",
+    "HardSigmoid", "Silu", "Swish", "HardSilu", "HardSwish", "Gelu", "Tanh", "Elu", "Selu",
+    "LeakyRelu", "Softplus", "Mish", "Cast",
+}
 
 
 def is_producer(layer) -> bool:  # noqa: ANN001
     """Does ``layer`` create output channels of its own (a prunable filter bank)?"""
     return isinstance(layer, CONV + CONV_T + SEPARABLE + (L.Dense,))
+
+
+def is_depthwise_grouped(layer) -> bool:  # noqa: ANN001
+    """A plain convolution whose groups equal its input and output channels."""
+    groups = getattr(layer, "groups", 1)
+    if groups <= 1 or not isinstance(layer, CONV) or not layer.built:
+        return False
+    return int(layer.kernel.shape[-2]) == 1 and groups == int(layer.filters)
 
 
 def producer_width(layer) -> int:  # noqa: ANN001
@@ -208,6 +224,14 @@ def _visit(graph: ChannelGraph, layer, node, in_maps: list[np.ndarray], omitted:
         elif first is not None and len(record.in_map) == len(first):
             graph.unify(record.in_map, first)  # a shared layer: both calls slice alike
 
+    if is_depthwise_grouped(layer):
+        # Conv(groups == in == out channels) is a depthwise convolution: channels
+        # pass through one to one, and filters/groups follow the input's width.
+        remember_input()
+        if layer.name in omitted:
+            graph.freeze(first, name, "listed in ommitted")
+        return [first]
+
     if is_producer(layer):
         grouped = getattr(layer, "groups", 1) > 1
         if not channels_last or grouped:
@@ -250,20 +274,17 @@ def _visit(graph: ChannelGraph, layer, node, in_maps: list[np.ndarray], omitted:
             graph.freeze(first, name, "listed in ommitted")
         return [first]
 
+    if not isinstance(layer, keras.layers.Layer) and kind in ELEMENTWISE_OPS \
+            and type(layer).__module__.startswith("keras.src.ops"):
+        return [first] if len(in_maps) == 1 else _merge(graph, node, in_maps, name)
+
+    if isinstance(layer, L.Reshape) and _only_unit_axes(node):
+        # (C,) <-> (1, 1, C): the channel axis stays last and keeps its order.
+        remember_input()
+        return [first]
+
     if isinstance(layer, MERGE):
-        widths = {len(m) for m in in_maps}
-        if len(widths) == 1:
-            for other in in_maps[1:]:
-                graph.unify(in_maps[0], other)
-            return [in_maps[0]]
-        if widths - {1} and len(widths - {1}) == 1:
-            wide = [m for m in in_maps if len(m) != 1]
-            for other in wide[1:]:
-                graph.unify(wide[0], other)
-            return [wide[0]]
-        for elements in in_maps:
-            graph.freeze(elements, name, "inputs of different widths")
-        return _fresh_frozen(graph, node, name, "inputs of different widths")
+        return _merge(graph, node, in_maps, name)
 
     if isinstance(layer, L.Concatenate):
         rank = len(node.outputs[0].shape)
@@ -290,3 +311,29 @@ def _last_axis_only(layer, node) -> bool:  # noqa: ANN001
     rank = len(node.outputs[0].shape)
     axes = axis if isinstance(axis, (list, tuple)) else [axis]
     return [a % rank for a in axes] == [rank - 1]
+
+
+def _merge(graph: ChannelGraph, node, in_maps: list[np.ndarray], name: str) -> list[np.ndarray]:  # noqa: ANN001
+    """Element-wise combination: equal widths tie channel to channel; width 1 broadcasts."""
+    widths = {len(m) for m in in_maps}
+    if len(widths) == 1:
+        for other in in_maps[1:]:
+            graph.unify(in_maps[0], other)
+        return [in_maps[0]]
+    if len(widths - {1}) == 1:
+        wide = [m for m in in_maps if len(m) != 1]
+        for other in wide[1:]:
+            graph.unify(wide[0], other)
+        return [wide[0]]
+    for elements in in_maps:
+        graph.freeze(elements, name, "inputs of different widths")
+    return _fresh_frozen(graph, node, name, "inputs of different widths")
+
+
+def _only_unit_axes(node) -> bool:  # noqa: ANN001
+    """Does a Reshape only add or drop size-1 axes in front of an unchanged last axis?"""
+    before = tuple(node.input_tensors[0].shape)[1:]
+    after = tuple(node.outputs[0].shape)[1:]
+    if not before or not after or before[-1] is None or before[-1] != after[-1]:
+        return False
+    return all(d == 1 for d in before[:-1]) and all(d == 1 for d in after[:-1])

@@ -20,6 +20,7 @@ from edgeai.pruning.keras_engine.graph import (
     DEPTHWISE,
     SEPARABLE,
     ChannelGraph,
+    is_depthwise_grouped,
     is_producer,
     producer_width,
 )
@@ -125,6 +126,9 @@ def sliced_weights(layer, record, graph: ChannelGraph, plan: Plan) -> list[np.nd
         return None
     in_keep = plan.alive(graph, record.in_map) if record.in_map is not None else None
     out_keep = plan.alive(graph, record.space) if record.space is not None else None
+    if is_depthwise_grouped(layer):
+        kernel, *rest = weights
+        return [_slice(kernel, -1, in_keep)] + [_slice(b, 0, in_keep) for b in rest]
     if is_producer(layer) and getattr(layer, "groups", 1) > 1:
         return None
     if isinstance(layer, SEPARABLE):
@@ -167,6 +171,16 @@ def rewrite_model(model, graph: ChannelGraph, plan: Plan):  # noqa: ANN001, ANN2
         if isinstance(layer, keras.Model):
             return clone_nested(layer)
         config = layer.get_config()
+        record = records.get(id(layer))
+        if isinstance(layer, L.Reshape) and record is not None and record.in_map is not None:
+            alive = int(plan.alive(graph, record.in_map).sum())
+            config["target_shape"] = tuple(config["target_shape"][:-1]) + (alive,)
+        if type(layer).__name__ == "LayerScale" and record is not None \
+                and record.in_map is not None and "projection_dim" in config:
+            config["projection_dim"] = int(plan.alive(graph, record.in_map).sum())
+        if is_depthwise_grouped(layer) and record is not None and record.in_map is not None:
+            alive = int(plan.alive(graph, record.in_map).sum())
+            config["filters"] = config["groups"] = alive
         width = new_width.get(id(layer))
         if width is not None and width != producer_width(layer):
             config["units" if isinstance(layer, L.Dense) else "filters"] = width

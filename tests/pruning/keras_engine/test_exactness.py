@@ -176,3 +176,27 @@ def test_unknown_omitted_name_lists_valid_layers(prune_file, tmp_path):
     model.save(tmp_path / "m.keras")
     with pytest.raises(PruningError, match="fc9.*d1, o"):
         prune_file(tmp_path / "m.keras", 0.5, omitted=("fc9",))
+
+
+def test_op_residual_squeeze_excite_and_grouped_depthwise(prune_file, tmp_path):
+    inp = keras.Input((8, 8, 3))
+    x = L.Conv2D(8, 3, padding="same", name="stem")(inp)
+    d = L.Conv2D(8, 3, padding="same", groups=8, name="dwconv")(x)  # ConvNeXt style
+    se = L.GlobalAveragePooling2D()(d)
+    se = L.Reshape((1, 1, 8))(se)
+    se = L.Conv2D(4, 1, activation="relu", name="squeeze")(se)
+    se = L.Conv2D(8, 1, activation="sigmoid", name="excite")(se)
+    y = L.Multiply()([d, se])
+    y = x + y  # a keras.ops node, not a layer
+    out = L.Dense(2, name="out")(L.GlobalAveragePooling2D()(y))
+    model = keras.Model(inp, out)
+    randomize(model)
+    # 'stem' and 'excite' are tied through the Multiply and the op-node Add. A zeroed
+    # stem channel makes dwconv's channel its bias: zero that bias as well. excite's
+    # zeroed channel gives sigmoid(0)=0.5, times dwconv's zero: still zero.
+    kernel, bias = model.get_layer("dwconv").get_weights()
+    bias[[2, 5]] = 0
+    model.get_layer("dwconv").set_weights([kernel, bias])
+    check(prune_file, tmp_path, model, {"stem": [2, 5], "excite": [2, 5], "squeeze": [1]},
+          percent=0.25, input_shape=(8, 8, 3),
+          expected={"stem": 6, "dwconv": 6, "excite": 6, "squeeze": 3}, randomized=True)
