@@ -88,8 +88,13 @@ def group_scores(group, root_channels: int) -> torch.Tensor:  # noqa: ANN001 - t
 
 def _blocker(group, module_names: dict, omitted: set[str]) -> tuple[str, str] | None:  # noqa: ANN001
     """Why a group must stay whole, as (status, reason), or None if it may be pruned."""
-    if any(type(item.dep.target.module).__name__ == "_OutputOp" for item in group):
-        return "output", "produces a model output"
+    for item in group:
+        target = item.dep.target
+        # torch-pruning marks outputs with an _OutputOp node, except when a layer's
+        # result is returned as it is: then its node simply has no consumers.
+        if type(target.module).__name__ == "_OutputOp" or (
+                _is_out_fn(item.dep) and not target.outputs):
+            return "output", "produces a model output"
     for item in group:
         dep = item.dep
         module = dep.target.module
