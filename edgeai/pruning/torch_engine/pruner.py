@@ -11,6 +11,7 @@ break) left whole with a reason, and one bad group never failing the job.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -46,6 +47,36 @@ class PruneOutcome:
     layers: dict[str, LayerOutcome] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     analyse_seconds: float = 0.0
+
+
+class RecurrentInputPruner(tp.pruner.function.BasePruningFunc):
+    """Lets a producer feeding a GRU/LSTM/RNN lose channels: the recurrent layer's
+    first-layer input weights lose the matching columns. Its hidden size is kept
+    (its gates make that a structure of its own), so its outputs never shrink."""
+
+    TARGET_MODULES = (nn.GRU, nn.LSTM, nn.RNN)
+
+    def prune_out_channels(self, layer: nn.Module, idxs):  # noqa: ANN001
+        raise ValueError(f"{type(layer).__name__} hidden units are not pruned")
+
+    def prune_in_channels(self, layer: nn.Module, idxs):  # noqa: ANN001
+        keep = [i for i in range(layer.input_size) if i not in set(idxs)]
+        names = ["weight_ih_l0"] + (["weight_ih_l0_reverse"] if layer.bidirectional else [])
+        for name in names:
+            weight = getattr(layer, name)
+            setattr(layer, name, nn.Parameter(weight.data[:, keep].clone(),
+                                              requires_grad=weight.requires_grad))
+        layer.input_size = len(keep)
+        layer._flat_weights = [getattr(layer, n) if hasattr(layer, n) else None
+                               for n in layer._flat_weights_names]
+        layer.flatten_parameters()
+        return layer
+
+    def get_out_channels(self, layer: nn.Module) -> int:
+        return layer.hidden_size * (2 if layer.bidirectional else 1)
+
+    def get_in_channels(self, layer: nn.Module) -> int:
+        return layer.input_size
 
 
 def out_channels(module: nn.Module) -> int:
@@ -102,25 +133,32 @@ def _blocker(group, module_names: dict, omitted: set[str]) -> tuple[str, str] | 
         name = module_names.get(module)
         if name in omitted and _is_out_fn(dep):
             return "omitted", "listed in ommitted"
+        if isinstance(module, nn.RNNBase) and not _is_out_fn(dep):
+            continue  # RecurrentInputPruner trims its input weights
         if isinstance(module, UNSUPPORTED):
             return "unsupported", f"channels feed {name} ({kind}), which is left whole"
-        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d,
-                               nn.ConvTranspose2d, nn.ConvTranspose3d)) and module.groups > 1:
-            depthwise = module.groups == module.in_channels == module.out_channels
-            if not depthwise:
-                return "unsupported", (f"channels feed {name}, a grouped convolution "
-                                       f"(groups={module.groups}), which is left whole")
     return None
 
 
-def _group_norm_multiple(group) -> int:  # noqa: ANN001
-    """Channels must stay a multiple of every GroupNorm's group count in the group."""
-    multiple = 1
+CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
+         nn.ConvTranspose3d)
+
+
+def channel_groups(group) -> int:  # noqa: ANN001
+    """How many equal channel groups the group's channels fall into.
+
+    A grouped convolution (not depthwise) or a GroupNorm splits channels into
+    contiguous groups; they stay valid when every group loses the same positions.
+    """
+    count = 1
     for item in group:
         module = item.dep.target.module
         if isinstance(module, nn.GroupNorm):
-            multiple = max(multiple, module.num_groups)
-    return multiple
+            count = math.lcm(count, module.num_groups)
+        elif isinstance(module, CONVS) and module.groups > 1 and not (
+                module.groups == module.in_channels == module.out_channels):
+            count = math.lcm(count, module.groups)
+    return count
 
 
 def prune_model(model: nn.Module, example: torch.Tensor, percent: float,
@@ -137,8 +175,30 @@ def prune_model(model: nn.Module, example: torch.Tensor, percent: float,
             n = out_channels(module)
             outcome.layers[name] = LayerOutcome(name, type(module).__name__, n, n)
     started = time.perf_counter()
-    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
-    groups = list(graph.get_all_groups(root_module_types=PRODUCERS))
+    graph = tp.DependencyGraph().build_dependency(
+        model, example_inputs=example,
+        customized_pruners={nn.GRU: RecurrentInputPruner(), nn.LSTM: RecurrentInputPruner(),
+                            nn.RNN: RecurrentInputPruner()})
+    groups = []
+    covered: set[int] = set()
+    # One group per producer not already in a group (as get_all_groups does), but a
+    # group torch-pruning cannot build is reported on its own instead of ending the walk.
+    for name, module in model.named_modules():
+        if not isinstance(module, PRODUCERS) or id(module) in covered:
+            continue
+        try:
+            pruner = graph.get_pruner_of_module(module)
+            group = graph.get_pruning_group(module, pruner.prune_out_channels,
+                                            list(range(pruner.get_out_channels(module))))
+        except Exception as error:  # noqa: BLE001
+            outcome.layers[name].status = "unsupported"
+            outcome.layers[name].reason = f"dependency graph failed: {type(error).__name__}"
+            covered.add(id(module))
+            continue
+        for item in group:
+            if graph.is_out_channel_pruning_fn(item.dep.handler):
+                covered.add(id(item.dep.target.module))
+        groups.append(group)
     outcome.analyse_seconds = time.perf_counter() - started
     for group in groups:
         root = group[0].dep.target.module
@@ -154,17 +214,24 @@ def prune_model(model: nn.Module, example: torch.Tensor, percent: float,
                     outcome.layers[member].reason = reason
             continue
         n = len(group[0].idxs)
-        remove = channels_to_remove(n, percent)
-        multiple = _group_norm_multiple(group)
-        if multiple > 1:
-            keep = max(multiple, ((n - remove) // multiple) * multiple)
-            remove = n - keep if n % multiple == 0 else 0
+        parts = channel_groups(group)
+        if n % parts:
+            for member in members:
+                if member in outcome.layers:
+                    outcome.layers[member].status = "unsupported"
+                    outcome.layers[member].reason = (f"{n} channels do not split into the "
+                                                     f"{parts} groups of a grouped layer")
+            continue
+        per_part = n // parts
+        remove = channels_to_remove(per_part, percent)  # the rule, applied per channel group
         if remove <= 0:
             continue
-        scores = group_scores(group, n)
-        # Lowest L1 first; ties broken by index so results are reproducible.
-        order = sorted(range(n), key=lambda i: (float(scores[i]), i))
-        victims = sorted(order[:remove])
+        # Sum the scores of the same position across channel groups; drop the lowest
+        # positions from every group (ties by index, so results are reproducible).
+        scores = group_scores(group, n).view(parts, per_part).sum(0)
+        order = sorted(range(per_part), key=lambda i: (float(scores[i]), i))
+        chosen = sorted(order[:remove])
+        victims = [part * per_part + position for part in range(parts) for position in chosen]
         try:
             pruning = graph.get_pruning_group(root, group[0].dep.handler, idxs=victims)
             if not graph.check_pruning_group(pruning):

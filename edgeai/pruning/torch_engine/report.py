@@ -33,9 +33,59 @@ def summary_text(model: nn.Module, input_size: list[int]) -> str:
     from torchsummary import summary
 
     buffer = io.StringIO()
-    with contextlib.redirect_stdout(buffer):
-        summary(model, tuple(input_size), device="cpu")
-    return buffer.getvalue()
+    hooks = {module: dict(module._forward_hooks) for module in model.modules()}
+    try:
+        with contextlib.redirect_stdout(buffer):
+            summary(model, tuple(input_size), device="cpu")
+        return buffer.getvalue()
+    except Exception as error:  # noqa: BLE001 - e.g. a layer returning None in a tuple
+        # torchsummary leaves its hooks behind when it fails: put the model back.
+        for module, saved in hooks.items():
+            module._forward_hooks.clear()
+            module._forward_hooks.update(saved)
+        return fallback_summary(model, input_size, error)
+
+
+def fallback_summary(model: nn.Module, input_size: list[int], error: Exception) -> str:
+    """A torchsummary-shaped table for models torchsummary cannot hook (it fails on
+    layers that return ``None`` among their outputs, like MultiheadAttention)."""
+    rows: list[tuple[str, str, int]] = []
+    counts: dict[str, int] = {}
+
+    def first_shape(output):  # noqa: ANN001, ANN202
+        if isinstance(output, torch.Tensor):
+            return [-1] + list(output.shape[1:])
+        for item in output if isinstance(output, (list, tuple)) else []:
+            if isinstance(item, torch.Tensor):
+                return [-1] + list(item.shape[1:])
+        return []
+
+    def hook(module, _inputs, output):  # noqa: ANN001, ANN202
+        kind = type(module).__name__
+        counts[kind] = counts.get(kind, 0) + 1
+        params = sum(p.numel() for p in module.parameters(recurse=False))
+        rows.append((f"{kind}-{len(rows) + 1}", str(first_shape(output)), params))
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if not list(m.children())]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.rand(2, *input_size))
+    finally:
+        for handle in handles:
+            handle.remove()
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    line = "-" * 64
+    out = [line, "{:>20}  {:>25} {:>15}".format("Layer (type)", "Output Shape", "Param #"),
+           "=" * 64]
+    out += ["{:>20}  {:>25} {:>15}".format(name, shape, f"{params:,}")
+            for name, shape, params in rows]
+    out += ["=" * 64, f"Total params: {total:,}", f"Trainable params: {trainable:,}",
+            f"Non-trainable params: {total - trainable:,}", line,
+            f"(torchsummary could not trace this model: {type(error).__name__}; "
+            "table made from forward hooks)", ""]
+    return "\n".join(out)
 
 
 def export_program(model: nn.Module, example: torch.Tensor, out_dir: str,
