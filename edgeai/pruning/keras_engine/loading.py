@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from edgeai.pruning.base import PruningError
-from edgeai.pruning.keras_engine import inspection
+from edgeai.pruning.keras_engine import inspection, legacy
 
 FORMATS = (".h5", ".hdf5", ".keras", ".zip")
 
@@ -18,8 +18,9 @@ class Loaded:
     """A loaded model and how to write it back."""
 
     model: object
-    kind: str  # "keras", "h5", "zip-keras"
+    kind: str  # "keras", "h5", "zip-keras", "zip-savedmodel"
     compile_config: dict | None
+    source: Path | None = None
 
 
 def load(path: str, client_name: str, workdir: Path) -> Loaded:
@@ -42,11 +43,9 @@ def load(path: str, client_name: str, workdir: Path) -> Loaded:
         if len(keras_files) == 1:
             inspection.inspect_keras_file(keras_files[0])
             return _load_keras3(keras_files[0], "zip-keras")
-        if any(f.name in ("saved_model.pb", "saved_model.pbtxt") for f in files):
-            raise PruningError(
-                "SavedModel directories (Keras 2 model.save() without an extension) are not "
-                "supported yet; save the model as model.save('model.h5') or as a .keras file "
-                "and upload that (or a .zip holding one .keras file).")
+        saved = [f.parent for f in files if f.name == "saved_model.pb"]
+        if len(saved) == 1:
+            return _load_saved_model(saved[0], workdir)
         raise PruningError("The .zip must hold one .keras file (or a SavedModel directory); "
                            f"it holds: {', '.join(sorted(f.name for f in files)[:10])}.")
     if suffix == ".keras":
@@ -58,7 +57,33 @@ def load(path: str, client_name: str, workdir: Path) -> Loaded:
     local = workdir / "model.h5"
     os.link(source, local)
     del keras
-    return _load_keras3(local, "h5")
+    loaded = _load_keras3(local, "h5")
+    loaded.source = local
+    return loaded
+
+
+def _load_saved_model(directory: Path, workdir: Path) -> Loaded:
+    """A Keras 2 SavedModel: ops checked, loaded by tf_keras, handed to Keras 3 as an .h5.
+
+    The SavedModel's own Keras config is then inspected like any .h5's.
+    """
+    legacy.check_saved_model_ops(directory)
+    if not (directory / "keras_metadata.pb").is_file():
+        raise PruningError("The SavedModel was not written by Keras (no keras_metadata.pb); "
+                           "only Keras models can be pruned.")
+    import tf_keras
+
+    try:
+        original = tf_keras.models.load_model(directory, compile=True)
+    except Exception as error:  # noqa: BLE001
+        raise PruningError(f"tf_keras could not load the SavedModel: {type(error).__name__}: "
+                           f"{str(error).splitlines()[0][:300]}") from None
+    bridge = workdir / "savedmodel.h5"
+    original.save(bridge, save_format="h5")
+    inspection.inspect_h5_file(bridge)
+    loaded = _load_keras3(bridge, "zip-savedmodel")
+    loaded.source = bridge
+    return loaded
 
 
 def _load_keras3(path: Path, kind: str) -> Loaded:
@@ -90,16 +115,27 @@ def save(model, loaded: Loaded, out_dir: str, stem: str, workdir: Path) -> str: 
             pass
     if loaded.kind == "h5":
         name = stem + ".h5"
-        model.save(os.path.join(out_dir, name))
+        if loaded.source is not None and legacy.written_by_keras2(loaded.source):
+            legacy.save_as_keras2(loaded.source, model, Path(out_dir) / name)
+        else:
+            model.save(os.path.join(out_dir, name))
         return name
     if loaded.kind == "keras":
         name = stem + ".keras"
         model.save(os.path.join(out_dir, name))
         return name
-    inner = workdir / "pruned.keras"
-    model.save(inner)
     name = stem + ".zip"
-    with zipfile.ZipFile(os.path.join(out_dir, name), "w", zipfile.ZIP_STORED) as archive:
-        archive.write(inner, stem + ".keras")
+    if loaded.kind == "zip-savedmodel":
+        directory = workdir / stem
+        legacy.save_as_keras2(loaded.source, model, directory)
+        with zipfile.ZipFile(os.path.join(out_dir, name), "w", zipfile.ZIP_DEFLATED) as archive:
+            for path in sorted(directory.rglob("*")):
+                if path.is_file():
+                    archive.write(path, str(path.relative_to(workdir)))
+    else:
+        inner = workdir / "pruned.keras"
+        model.save(inner)
+        with zipfile.ZipFile(os.path.join(out_dir, name), "w", zipfile.ZIP_STORED) as archive:
+            archive.write(inner, stem + ".keras")
     shutil.rmtree(workdir / "unpacked", ignore_errors=True)
     return name

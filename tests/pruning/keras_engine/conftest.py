@@ -25,7 +25,22 @@ def prune_file(tmp_path):
                        output_dir=str(out), output_stem="tmptest0001", options={})
         result = KerasPruner().prune(job)
         artifact = out / result.artifact
-        model = keras.saving.load_model(artifact) if artifact.suffix != ".zip" else None
+        model = None
+        if artifact.suffix != ".zip" and not result.artifact.endswith(".h5"):
+            model = keras.saving.load_model(artifact)
+        elif artifact.suffix == ".h5":
+            model = _maybe_load(artifact)
         return result, model
 
     return run
+
+
+def _maybe_load(path):
+    """Load an .h5 result with Keras 3; a Keras 2 result (for tf_keras) gives None."""
+    import h5py
+    import keras
+
+    with h5py.File(path, "r") as handle:
+        version = handle.attrs.get("keras_version")
+    version = version.decode() if isinstance(version, bytes) else str(version)
+    return keras.saving.load_model(path) if not version.startswith("2.") else None
