@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from tests.e2e.guide import GUIDE_NET_SOURCE
+from tests.pruning.torch_engine.models import GUIDE_NET_SOURCE
 from tests.pruning.torch_engine.conftest import load_pruned
 
 

@@ -10,7 +10,7 @@ import torch
 
 from edgeai.pruning import PruningError, UnsafeInputError
 from edgeai.pruning.torch_engine.classfile import check_class_file
-from tests.e2e.guide import GUIDE_NET_SOURCE
+from tests.pruning.torch_engine.models import GUIDE_NET_SOURCE
 
 TINY = """
 import torch
