@@ -108,3 +108,27 @@ def test_pytorch_walkthrough(live_server, tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "trained 596042" in result.stdout
+
+
+def test_pytorch_other_download_formats(live_server, tmp_path):
+    import torch
+
+    server = live_server()
+    headers = server.create_key()
+    files = write_guide_pytorch_files(tmp_path / "user")
+    with open(files["weights"], "rb") as w, open(files["class_def"], "rb") as c:
+        txid = requests.post(
+            f"{server.url}/api/pt_prune?percent=0.5&input_size=1,28,28", headers=headers,
+            files={"weights": ("mnist_cnn.pth", w), "class_def": ("model.py", c)},
+            timeout=60).json()["txid"]
+    assert server.wait(txid, headers)["status"] == "0"
+    state_path = download(server, txid, headers, tmp_path, format="state_dict")
+    saved = torch.load(state_path, weights_only=True)
+    assert saved["layer_sizes"]["conv1"] == {"in": 1, "out": 16}
+    assert saved["state_dict"]["conv2.weight"].shape == (32, 16, 3, 3)
+    program_path = download(server, txid, headers, tmp_path, format="pt2")
+    program = torch.export.load(program_path)  # no class file needed
+    assert program.module()(torch.randn(1, 1, 28, 28)).shape == (1, 10)
+    bad = requests.get(f"{server.url}/api/download", params={"txid": txid, "format": "onnx"},
+                       headers=headers, timeout=30)
+    assert bad.status_code == 400 and "state_dict, pt2" in bad.json()["message"]
