@@ -125,6 +125,7 @@ def main() -> int:
     rows: list[tuple[str, str, str]] = []
     with tempfile.TemporaryDirectory(prefix="edgeai-bench-") as tmp:
         tmp = Path(tmp)
+        tmp.chmod(0o711)  # the sandbox user must reach the data dirs inside
         mnist = build_mnist_base(tmp / "mnist_base.h5")
         resnet = build_resnet50(tmp / "resnet50.keras")
         torch_files = write_guide_pytorch_files(tmp / "user")

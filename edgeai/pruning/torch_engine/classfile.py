@@ -1,13 +1,17 @@
 """Checks a user's class file before anything imports it, then imports it.
 
 The guide allows "the base torch library" only. The check walks the syntax tree
-and refuses, naming the line: imports outside :data:`ALLOWED_MODULES`; the
-builtins that reach code, files or the interpreter (``__import__``, ``exec``,
-``eval``, ``open``, ...); any dunder attribute (the classic ``().__class__``
-escapes) other than the few a model class needs; and the parts of torch that
-reach the operating system or load code (``torch.ops``, ``torch.hub``,
-``torch._C``, ``torch.load``, ...). It is one layer of defence: the import
-itself only ever happens inside the confined sandbox child.
+and refuses, naming the line: imports outside :data:`ALLOWED_MODULES` (and the
+parts of torch in :data:`FORBIDDEN_TORCH`); the builtins that reach code, files
+or the interpreter (:data:`FORBIDDEN_NAMES`: ``__import__``, ``exec``, ``eval``,
+``open``, ...); ``getattr``/``setattr``/``delattr`` with a computed name; any
+dunder attribute (the classic ``().__class__.__bases__`` escapes) other than the
+few a model class needs; private attributes of anything but ``self``; and, on
+any object, the attribute names that lead to the system (:data:`FORBIDDEN_ANYWHERE`:
+``os``, ``sys``, ``torch`` reached through another module, ``load``, ``ops``,
+``hub``, ...), because what a name is bound to cannot be known statically. It
+is one layer of defence: the import itself only ever happens inside the
+confined sandbox child.
 """
 from __future__ import annotations
 
@@ -27,7 +31,12 @@ FORBIDDEN_NAMES = {
     "__import__", "exec", "eval", "compile", "open", "input", "breakpoint", "globals",
     "locals", "vars", "getattr", "setattr", "delattr", "memoryview", "__builtins__",
     "__loader__", "__spec__", "exit", "quit", "help", "copyright", "credits", "license",
+    # typing evaluates string annotations with eval(); strings are not checked as code.
+    "get_type_hints", "ForwardRef", "get_annotations", "evaluate_forward_ref",
 }
+
+# getattr & co. are allowed only with a literal, public attribute name.
+LITERAL_ATTRIBUTE_CALLS = {"getattr", "setattr", "delattr", "hasattr"}
 
 ALLOWED_DUNDERS = {"__init__", "__name__", "__main__", "__future__", "__class__"}
 
@@ -39,7 +48,23 @@ FORBIDDEN_TORCH = {
     "_dynamo", "_inductor", "compile", "set_default_device", "manual_seed",
 }
 # ``torch.utils`` is refused as a whole except these pure submodules.
-ALLOWED_TORCH_UTILS = {"checkpoint"}
+ALLOWED_TORCH_UTILS = {"checkpoint", "data"}
+
+# Attribute names refused on any object, whatever it is bound to: a module reached
+# through another (``F.torch``, ``typing.sys``, ``t = torch; t.load``) cannot be
+# resolved statically, so the names that lead to the system are refused outright.
+FORBIDDEN_ANYWHERE = {
+    "torch", "os", "sys", "subprocess", "builtins", "importlib", "shutil", "socket", "ctypes",
+    "pickle", "marshal", "io", "pathlib", "posix", "nt", "signal", "threading", "inspect",
+    "linecache", "tempfile", "glob", "runpy", "code", "codeop", "pty", "platform", "sysconfig",
+    "ops", "hub", "load", "save", "serialization", "cpp_extension", "multiprocessing",
+    "distributed", "package", "library", "classes", "from_file", "compile", "jit", "backends",
+    "get_type_hints", "ForwardRef", "get_annotations", "evaluate_forward_ref", "system",
+    "popen", "spawn", "fork", "exec_module", "loader",
+}
+
+# Roots whose private attributes a model may use (its own state).
+OWN_ROOTS = {"self", "cls"}
 
 
 def _fail(line: int, why: str) -> UnsafeInputError:
@@ -49,27 +74,38 @@ def _fail(line: int, why: str) -> UnsafeInputError:
                             "run code from strings, or reach the interpreter's internals.")
 
 
-def _torch_path(node: ast.AST) -> list[str] | None:
-    """``torch.a.b`` -> ["a", "b"]; None when the expression does not start at torch."""
+def _chain(node: ast.Attribute) -> tuple[ast.AST, list[str]]:
+    """``a.b.c`` -> (Name a, ["b", "c"])."""
     parts = []
     while isinstance(node, ast.Attribute):
         parts.append(node.attr)
         node = node.value
-    if isinstance(node, ast.Name) and node.id == "torch":
-        return list(reversed(parts))
-    return None
+    return node, list(reversed(parts))
 
 
 def _check_torch_path(parts: list[str], line: int) -> None:
+    """Refuse ``torch.<parts>`` when it reaches the system (``parts`` after "torch")."""
     if not parts:
         return
     head = parts[0]
     if head == "utils":
-        if len(parts) < 2 or parts[1] not in ALLOWED_TORCH_UTILS | {"data"}:
+        # Only a prefix of a longer chain may stop at "utils"; the full chain decides.
+        if len(parts) >= 2 and parts[1] not in ALLOWED_TORCH_UTILS:
             raise _fail(line, f"torch.{'.'.join(parts[:2])} is not allowed")
         return
     if head in FORBIDDEN_TORCH or head.startswith("_"):
         raise _fail(line, f"torch.{head} is not allowed")
+
+
+def _check_attribute_name(name: str, line: int, own: bool) -> None:
+    if name.startswith("__") and name.endswith("__"):
+        if name not in ALLOWED_DUNDERS:
+            raise _fail(line, f"attribute '{name}' is not allowed")
+        return
+    if name in FORBIDDEN_ANYWHERE:
+        raise _fail(line, f"attribute '{name}' is not allowed")
+    if name.startswith("_") and not own:
+        raise _fail(line, f"private attribute '{name}' is not allowed")
 
 
 def check_class_file(source: str) -> ast.Module:
@@ -82,7 +118,9 @@ def check_class_file(source: str) -> ast.Module:
     except SyntaxError as error:
         raise UnsafeInputError(f"class_def line {error.lineno}: not valid Python "
                                f"({error.msg}).") from None
-    aliases_of_torch = {"torch"}
+    # name -> dotted module path it was imported as (``nn`` -> ``torch.nn``).
+    modules: dict[str, str] = {}
+    approved_calls: set[int] = set()
     for node in ast.walk(tree):
         line = getattr(node, "lineno", 0)
         if isinstance(node, ast.Import):
@@ -92,57 +130,68 @@ def check_class_file(source: str) -> ast.Module:
                     raise _fail(line, f"import of '{alias.name}' is not allowed")
                 if root == "torch":
                     _check_torch_path(alias.name.split(".")[1:], line)
-                    if alias.asname and alias.name == "torch":
-                        aliases_of_torch.add(alias.asname)
+                    if alias.name.split(".")[1:2] == ["utils"] and len(alias.name.split(".")) < 3:
+                        raise _fail(line, "torch.utils is not allowed")
+                for part in alias.name.split(".")[1:]:
+                    _check_attribute_name(part, line, own=False)
+                if alias.asname:
+                    modules[alias.asname] = alias.name
+                else:
+                    modules[root] = root
         elif isinstance(node, ast.ImportFrom):
             module = node.module or ""
             root = module.split(".")[0]
             if node.level or root not in ALLOWED_MODULES:
                 raise _fail(line, f"import from '{'.' * node.level}{module}' is not allowed")
-            if root == "torch":
-                parts = module.split(".")[1:]
-                for alias in node.names:
-                    _check_torch_path(parts + [alias.name] if not parts else parts, line)
-                    if not parts and alias.name == "*":
-                        raise _fail(line, "'from torch import *' is not allowed")
+            for alias in node.names:
+                if alias.name == "*":
+                    raise _fail(line, f"'from {module} import *' is not allowed")
+                full = f"{module}.{alias.name}"
+                if root == "torch":
+                    _check_torch_path(full.split(".")[1:], line)
+                for part in full.split(".")[1:]:
+                    _check_attribute_name(part, line, own=False)
+                if alias.name in FORBIDDEN_NAMES:
+                    raise _fail(line, f"'{alias.name}' is not allowed")
+                modules[alias.asname or alias.name] = full
+        elif isinstance(node, ast.Call):
+            func = node.func
+            if isinstance(func, ast.Name) and func.id in LITERAL_ATTRIBUTE_CALLS:
+                name = node.args[1] if len(node.args) >= 2 else None
+                if not (isinstance(name, ast.Constant) and isinstance(name.value, str)):
+                    raise _fail(line, f"'{func.id}' with a computed attribute name is not "
+                                      "allowed")
+                _check_attribute_name(name.value, line, own=False)
+                approved_calls.add(id(func))
         elif isinstance(node, ast.Name):
-            if node.id in FORBIDDEN_NAMES:
+            if node.id in FORBIDDEN_NAMES and id(node) not in approved_calls \
+                    and node.id not in LITERAL_ATTRIBUTE_CALLS:
                 raise _fail(line, f"'{node.id}' is not allowed")
             if node.id.startswith("__") and node.id.endswith("__") \
                     and node.id not in ALLOWED_DUNDERS:
                 raise _fail(line, f"'{node.id}' is not allowed")
         elif isinstance(node, ast.Attribute):
-            if node.attr.startswith("__") and node.attr.endswith("__") \
-                    and node.attr not in ALLOWED_DUNDERS:
-                raise _fail(line, f"attribute '{node.attr}' is not allowed")
-            if node.attr.startswith("_") and node.attr in ("_C", "_ops", "_dynamo", "_utils"):
-                raise _fail(line, f"attribute '{node.attr}' is not allowed")
-            base = node
-            while isinstance(base, ast.Attribute):
-                base = base.value
-            if isinstance(base, ast.Name) and base.id in aliases_of_torch:
-                parts = _torch_path(_rename_root(node, base.id))
-                if parts is not None:
-                    _check_torch_path(parts, line)
+            # ast.walk meets the outermost attribute first: check its whole chain from
+            # the root outward, so the message names the first part that is refused.
+            base, parts = _chain(node)
+            if isinstance(base, ast.Name) and base.id in modules:
+                full = modules[base.id].split(".") + parts
+                if full[0] == "torch":
+                    _check_torch_path(full[1:], line)
+            own = isinstance(base, ast.Name) and base.id in OWN_ROOTS
+            for part in parts:
+                _check_attribute_name(part, line, own=own)
         elif isinstance(node, ast.Constant) and isinstance(node.value, str):
             if "__" in node.value and any(d in node.value for d in ("__globals__", "__builtins__",
                                                                      "__subclasses__",
                                                                      "__import__")):
                 raise _fail(line, "strings naming interpreter internals are not allowed")
+    # getattr & co. left without a call (``f = getattr``) were not approved above.
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and node.id in LITERAL_ATTRIBUTE_CALLS \
+                and node.id != "hasattr" and id(node) not in approved_calls:
+            raise _fail(node.lineno, f"'{node.id}' is not allowed")
     return tree
-
-
-def _rename_root(node: ast.Attribute, name: str) -> ast.AST:
-    """Treat an alias of torch (``import torch as T``) as ``torch``."""
-    if name == "torch":
-        return node
-    clone = ast.parse(ast.unparse(node), mode="eval").body
-    base = clone
-    while isinstance(base, ast.Attribute):
-        base = base.value
-    if isinstance(base, ast.Name):
-        base.id = "torch"
-    return clone
 
 
 def module_name_for(client_file_name: str) -> str:
