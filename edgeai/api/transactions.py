@@ -43,6 +43,8 @@ report_model = ns.model("Report", {
     "timings": fields.Raw(description="Seconds spent loading, analysing, rewriting, saving"),
     "warnings": fields.List(fields.String, description="Things worth knowing"),
     "artifacts": fields.Raw(description="Downloadable formats and their file names"),
+    "sandbox": fields.Raw(description="How the job was confined, its warm-up and job seconds, "
+                                      "and its peak memory (MB)"),
 })
 status_model = ns.model("Status", {
     "status": fields.String(required=True, description='"0" done, "1" queued, "2" running, '
