@@ -56,9 +56,21 @@ class _RestrictedUnpickler(pickle.Unpickler):
                                f"allowed (it could run code when loaded). {SEND_INSTEAD}")
 
 
+def _restricted_load(file, **kwargs):  # noqa: ANN001, ANN202 - pickle.load's signature
+    """``pickle.load`` through the allow-list.
+
+    torch.load's legacy (non-zip) reader calls ``pickle_module.load`` for the
+    file's header records before it builds its Unpickler: those must be
+    restricted too, or a plain pickle's first record would run unchecked.
+    """
+    return _RestrictedUnpickler(file, **kwargs).load()
+
+
+# The ``pickle_module`` handed to torch.load: every way it unpickles goes through
+# the allow-list (torch subclasses ``Unpickler`` and calls ``load``).
 restricted_pickle = ModuleType("edgeai_restricted_pickle")
 restricted_pickle.Unpickler = _RestrictedUnpickler
-restricted_pickle.load = pickle.load
+restricted_pickle.load = _restricted_load
 restricted_pickle.__name__ = "edgeai_restricted_pickle"
 
 

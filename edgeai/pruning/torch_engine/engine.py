@@ -41,9 +41,7 @@ class TorchPruner(Engine):
         started = time.perf_counter()
         options = job.options
         model_name = options.get("model_name") or "Net"
-        input_size = [int(d) for d in options.get("input_size") or []]
-        if not input_size:
-            raise PruningError("input_size is required, e.g. 1,28,28.")
+        input_size = _input_size(options.get("input_size"))
         module_name = classfile.module_name_for(job.input_names.get("class_def", "model.py"))
         module = classfile.import_class_file(job.inputs["class_def"], module_name)
         model = loading.build_model(module, model_name)
@@ -72,6 +70,12 @@ class TorchPruner(Engine):
                                            job.input_names.get("dataset", "dataset.pth"))
             samples = samples[:MAX_EVAL_SAMPLES].float()
             labels = labels[:MAX_EVAL_SAMPLES] if labels is not None else None
+            if labels is not None and labels.dim() == 2 and labels.shape[1] > 1:
+                labels = labels.argmax(dim=1)  # one-hot labels
+            if labels is not None and labels.shape != (len(samples),):
+                report["warnings"].append(f"dataset labels have shape {list(labels.shape)}, "
+                                          "not one class per sample; accuracy not measured")
+                labels = None
             if list(samples.shape[1:]) != input_size:
                 raise PruningError(f"dataset samples have shape {list(samples.shape[1:])}, but "
                                    f"input_size is {input_size}.")
@@ -82,7 +86,7 @@ class TorchPruner(Engine):
 
         started = time.perf_counter()
         try:
-            outcome = prune_model(model, example, job.percent, set(job.omitted))
+            outcome = prune_model(model, example, job.percent, _with_children(model, job.omitted))
         except PruningError:
             raise
         except Exception as error:  # noqa: BLE001 - tracing failed
@@ -128,6 +132,30 @@ class TorchPruner(Engine):
         timings["save"] = round(time.perf_counter() - started, 4)
         message = summary_text(model, input_size)
         return PruneResult(artifact=main, message=message, report=report)
+
+
+def _with_children(model, omitted) -> set[str]:  # noqa: ANN001
+    """Omitting a container (``layer1``) omits every layer inside it."""
+    names = [name for name, _ in model.named_modules() if name]
+    return {name for name in names
+            if any(name == prefix or name.startswith(prefix + ".") for prefix in omitted)}
+
+
+def _input_size(value) -> list[int]:  # noqa: ANN001 - a list or "1,28,28"
+    """``input_size`` as a list of positive ints (batch dimension excluded).
+
+    Raises :class:`PruningError` when it is missing or malformed.
+    """
+    if isinstance(value, str):
+        value = [part for part in value.replace(" ", "").split(",") if part]
+    try:
+        size = [int(d) for d in value or []]
+    except (TypeError, ValueError):
+        size = []
+    if not size or any(d <= 0 for d in size):
+        raise PruningError(f"input_size must be positive integers without the batch "
+                           f"dimension, e.g. 1,28,28; got {value!r}.")
+    return size
 
 
 def _shapes(output) -> list:  # noqa: ANN001

@@ -86,6 +86,29 @@ def out_channels(module: nn.Module) -> int:
     return module.out_channels
 
 
+def why_whole(module: nn.Module) -> str:
+    """Why a structure in :data:`UNSUPPORTED` keeps all its units."""
+    if isinstance(module, (nn.RNNBase, nn.RNNCellBase)):
+        return ("its gates share each hidden unit across stacked weight blocks and the "
+                "recurrence; only its input width follows the layer before it")
+    if isinstance(module, (nn.MultiheadAttention, nn.Transformer, nn.TransformerEncoderLayer,
+                           nn.TransformerDecoderLayer)):
+        return ("its query/key/value/output projections are split into heads, and removing "
+                "units would have to keep every head the same size")
+    return "its units are looked up by index, not produced by filters"
+
+
+def structure_channels(module: nn.Module) -> int:
+    """Output width of a structure left whole (attention, recurrent, embedding layers)."""
+    if isinstance(module, nn.RNNBase):
+        return module.hidden_size * (2 if module.bidirectional else 1)
+    if isinstance(module, nn.MultiheadAttention):
+        return module.embed_dim
+    if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
+        return module.embedding_dim
+    return int(getattr(module, "d_model", 0) or getattr(module, "hidden_size", 0) or 0)
+
+
 def filter_l1(module: nn.Module) -> torch.Tensor:
     """L1 norm of each output filter's kernel weights (Li et al.): one value per channel."""
     weight = module.weight.detach().abs()
@@ -170,10 +193,22 @@ def prune_model(model: nn.Module, example: torch.Tensor, percent: float,
     """
     names = {module: name for name, module in model.named_modules()}
     outcome = PruneOutcome()
+    inside: dict[str, str] = {}  # producer inside a structure left whole -> why
     for name, module in model.named_modules():
-        if isinstance(module, PRODUCERS):
+        if isinstance(module, UNSUPPORTED):
+            n = structure_channels(module)
+            why = f"{type(module).__name__} is left whole: {why_whole(module)}"
+            outcome.layers[name] = LayerOutcome(name, type(module).__name__, n, n,
+                                                "unsupported", why)
+            for child_name, child in module.named_modules():
+                if child_name and isinstance(child, PRODUCERS):
+                    inside[f"{name}.{child_name}"] = f"part of {name}; {why}"
+        elif isinstance(module, PRODUCERS):
             n = out_channels(module)
             outcome.layers[name] = LayerOutcome(name, type(module).__name__, n, n)
+    for name, why in inside.items():
+        outcome.layers[name].status = "unsupported"
+        outcome.layers[name].reason = why
     started = time.perf_counter()
     graph = tp.DependencyGraph().build_dependency(
         model, example_inputs=example,
@@ -184,7 +219,7 @@ def prune_model(model: nn.Module, example: torch.Tensor, percent: float,
     # One group per producer not already in a group (as get_all_groups does), but a
     # group torch-pruning cannot build is reported on its own instead of ending the walk.
     for name, module in model.named_modules():
-        if not isinstance(module, PRODUCERS) or id(module) in covered:
+        if not isinstance(module, PRODUCERS) or id(module) in covered or name in inside:
             continue
         try:
             pruner = graph.get_pruner_of_module(module)
@@ -192,7 +227,9 @@ def prune_model(model: nn.Module, example: torch.Tensor, percent: float,
                                             list(range(pruner.get_out_channels(module))))
         except Exception as error:  # noqa: BLE001
             outcome.layers[name].status = "unsupported"
-            outcome.layers[name].reason = f"dependency graph failed: {type(error).__name__}"
+            outcome.layers[name].reason = (
+                "torch-pruning could not follow where this layer's channels go "
+                f"({type(error).__name__}: {str(error)[:120]}), so it is left whole")
             covered.add(id(module))
             continue
         for item in group:
@@ -225,6 +262,10 @@ def prune_model(model: nn.Module, example: torch.Tensor, percent: float,
         per_part = n // parts
         remove = channels_to_remove(per_part, percent)  # the rule, applied per channel group
         if remove <= 0:
+            for member in members:
+                if member in outcome.layers:
+                    outcome.layers[member].reason = (
+                        f"percent={percent} removes none of its {per_part} channels")
             continue
         # Sum the scores of the same position across channel groups; drop the lowest
         # positions from every group (ties by index, so results are reproducible).
@@ -248,5 +289,7 @@ def prune_model(model: nn.Module, example: torch.Tensor, percent: float,
             if member in outcome.layers:
                 outcome.layers[member].status = "pruned"
     for name, layer in outcome.layers.items():
-        layer.channels_after = out_channels(model.get_submodule(name))
+        module = model.get_submodule(name)
+        layer.channels_after = (structure_channels(module) if isinstance(module, UNSUPPORTED)
+                                else out_channels(module))
     return outcome

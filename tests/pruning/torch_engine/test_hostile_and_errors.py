@@ -10,7 +10,7 @@ import torch
 
 from edgeai.pruning import PruningError, UnsafeInputError
 from edgeai.pruning.torch_engine.classfile import check_class_file
-from tests.pruning.torch_engine.models import GUIDE_NET_SOURCE
+from tests.pruning.torch_engine.models import BREADTH, GUIDE_NET_SOURCE
 
 TINY = """
 import torch
@@ -36,7 +36,7 @@ class Net(nn.Module):
     ("eval('1')", "'eval'"),
     ("exec('x = 1')", "'exec'"),
     ("open('/tmp/x', 'w').write('x')", "'open'"),
-    ("x = torch._C", "attribute '_C'"),
+    ("x = torch._C", "torch._C"),
     ("x = torch.serialization.os", "torch.serialization"),
     ("x = torch.ops.aten", "torch.ops"),
     ("x = torch.utils.cpp_extension", "torch.utils.cpp_extension"),
@@ -44,10 +44,22 @@ class Net(nn.Module):
     ("import torch.utils.cpp_extension", "torch.utils.cpp_extension"),
     ("from torch import serialization", "torch.serialization"),
     ("x = ().__class__.__bases__[0].__subclasses__()", "__subclasses__"),
-    ("x = getattr(torch, 'load')", "'getattr'"),
+    ("x = getattr(torch, 'load')", "attribute 'load'"),
     ("x = globals()", "'globals'"),
     ("import torch as T\nx = T.load", "torch.load"),
     ("x = torch.nn.Module.__init__.__globals__", "'__globals__'"),
+    # torch reached through another module, or through a plain variable
+    ("import torch.nn.functional as F\nF.torch.load('w.pth')", "attribute 'torch'"),
+    ("from torch.nn.functional import torch as t2", "attribute 'torch'"),
+    ("x = torch.nn.modules.module.sys.modules", "attribute 'sys'"),
+    ("t = torch\nt._C._get_tracing_state()", "private attribute '_C'"),
+    ("t = torch\nt.hub.load('a', 'b')", "attribute 'hub'"),
+    ("x = torch.utils.data.dataloader.multiprocessing", "attribute 'multiprocessing'"),
+    ("import typing\ntyping.get_type_hints(torch)", "'get_type_hints'"),
+    ("def f(self, name):\n    return getattr(self, name)", "'getattr' with a computed"),
+    ("g = getattr", "'getattr' is not allowed"),
+    ("x = torch.compile", "torch.compile"),
+    ("x = torch.jit.load", "torch.jit"),
 ])
 def test_class_file_refusals_name_the_line(snippet, needle):
     source = "import torch\n" + snippet + "\n"
@@ -57,8 +69,16 @@ def test_class_file_refusals_name_the_line(snippet, needle):
     assert needle in message and message.startswith("class_def line ")
 
 
-def test_the_guides_class_file_is_accepted():
-    check_class_file(GUIDE_NET_SOURCE)
+@pytest.mark.parametrize("source", [
+    GUIDE_NET_SOURCE, *[source for source, _size in BREADTH.values()],
+    "import torch\nfrom torch import nn\nimport math, typing, collections, functools\n"
+    "class Net(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+    "        self.conv1 = nn.Conv2d(1, 2, 3)\n        self._scale = math.sqrt(2.0)\n"
+    "    def forward(self, x):\n        return getattr(self, 'conv1')(x) * self._scale\n"
+    "if __name__ == '__main__':\n    print(Net())\n",
+])
+def test_ordinary_class_files_are_accepted(source):
+    check_class_file(source)
 
 
 class Canary:
@@ -98,6 +118,33 @@ def test_dataset_pickle_that_runs_code_never_runs(user_files, prune_torch, tmp_p
     with pytest.raises(UnsafeInputError, match="not allowed"):
         prune_torch(paths, 0.5, (1, 8, 8))
     assert not canary.exists()
+
+
+@pytest.mark.parametrize("writer", ["pickle", "torch_legacy"])
+def test_dataset_plain_pickle_never_runs(user_files, prune_torch, tmp_path, writer):
+    # Not a zip: torch.load's legacy reader unpickles header records with
+    # pickle_module.load before its own Unpickler; the payload sits in the first one.
+    paths, _ = user_files(TINY)
+    canary = tmp_path / f"canary-{writer}"
+    paths["dataset"] = tmp_path / "train_loader.pth"
+    with open(paths["dataset"], "wb") as handle:
+        if writer == "pickle":
+            pickle.dump(Canary(canary), handle)
+        else:
+            torch.save(Canary(canary), handle, _use_new_zipfile_serialization=False)
+    with pytest.raises(UnsafeInputError, match="not allowed"):
+        prune_torch(paths, 0.5, (1, 8, 8))
+    assert not canary.exists()
+
+
+def test_legacy_format_dataloader_is_read(user_files, prune_torch, tmp_path):
+    data = torch.utils.data.TensorDataset(torch.randn(12, 1, 8, 8), torch.randint(0, 3, (12,)))
+    paths, _ = user_files(TINY)
+    paths["dataset"] = tmp_path / "train_loader.pth"
+    torch.save(torch.utils.data.DataLoader(data, batch_size=4, shuffle=True), paths["dataset"],
+               _use_new_zipfile_serialization=False)
+    result, _ = prune_torch(paths, 0.5, (1, 8, 8))
+    assert result.report["accuracy_after"] is not None
 
 
 def test_guide_dataloader_gives_accuracy_before_and_after(user_files, prune_torch):
@@ -151,3 +198,63 @@ def test_weights_that_do_not_fit_list_the_keys(user_files, prune_torch):
     torch.save(state, paths["weights"])
     with pytest.raises(PruningError, match=r"missing: conv.bias; wrong shape: fc.weight"):
         prune_torch(paths, 0.5, (1, 8, 8))
+
+
+RECURRENT_ONLY = """
+import torch
+import torch.nn as nn
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.gru = nn.GRU(6, 8, batch_first=True)
+        self.fc = nn.Linear(8, 2)
+
+    def forward(self, x):
+        out, _ = self.gru(x)
+        return self.fc(out[:, -1])
+"""
+
+
+@pytest.mark.parametrize("source, percent, input_size, needle", [
+    (TINY, 0.01, (1, 8, 8), "conv: percent=0.01 removes none of its 8 channels"),
+    (RECURRENT_ONLY, 0.5, (5, 6), "gru: GRU is left whole"),
+])
+def test_nothing_prunable_says_why(user_files, prune_torch, source, percent, input_size, needle):
+    paths, _ = user_files(source)
+    with pytest.raises(PruningError, match="Nothing prunable") as caught:
+        prune_torch(paths, percent, input_size)
+    assert needle in str(caught.value)
+
+
+SEQUENTIAL = """
+import torch
+import torch.nn as nn
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3))
+        self.mid = nn.Conv2d(8, 8, 1)
+        self.fc = nn.Linear(8 * 4 * 4, 3)
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.mid(self.features(x)), 1))
+"""
+
+
+def test_omitting_a_container_omits_the_layers_inside(user_files, prune_torch):
+    paths, _ = user_files(SEQUENTIAL)
+    result, _ = prune_torch(paths, 0.5, (1, 8, 8), omitted=("features",))
+    status = {layer["name"]: (layer["status"], layer["channels_after"])
+              for layer in result.report["layers"]}
+    assert status == {"features.0": ("omitted", 8), "features.2": ("omitted", 8),
+                      "mid": ("pruned", 4), "fc": ("output", 3)}
+
+
+def test_input_size_given_as_text(user_files, prune_torch):
+    paths, _ = user_files(TINY)
+    result, _ = prune_torch(paths, 0.5, "1, 8, 8")
+    assert "Conv2d-1" in result.message
+    with pytest.raises(PruningError, match="input_size must be positive integers"):
+        prune_torch(paths, 0.5, "1,x,8")
