@@ -184,7 +184,18 @@ def rewrite_model(model, graph: ChannelGraph, plan: Plan):  # noqa: ANN001, ANN2
         width = new_width.get(id(layer))
         if width is not None and width != producer_width(layer):
             config["units" if isinstance(layer, L.Dense) else "filters"] = width
+        # Every weight is overwritten below, so build with cheap zero initializers
+        # (random ones cost a third of the rewrite), then restore the originals so
+        # the saved config still names the user's initializers.
+        restore = {}
+        for key in list(config):
+            if key.endswith("_initializer") and config[key] is not None:
+                restore[key] = getattr(layer, key, None)
+                config[key] = "zeros"
         clone = layer.__class__.from_config(config)
+        for key, initializer in restore.items():
+            if initializer is not None:
+                setattr(clone, key, initializer)
         originals[id(clone)] = layer
         return clone
 

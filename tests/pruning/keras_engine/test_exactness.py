@@ -74,9 +74,16 @@ def test_sequential_with_batchnorm(prune_file, tmp_path):
         L.Conv2D(10, 3, name="c2"), L.MaxPooling2D(),
         L.GlobalAveragePooling2D(), L.Dense(6, name="d1"), L.Dense(3, name="out"),
     ])
-    check(prune_file, tmp_path, model, {"c1": [1, 5], "c2": [0, 3, 7], "d1": [2, 4]},
-          percent=0.25, input_shape=(12, 12, 3),
-          expected={"c1": 6, "c2": 7, "d1": 4, "out": 3})
+    _, pruned = check(prune_file, tmp_path, model,
+                      {"c1": [1, 5], "c2": [0, 3, 7], "d1": [2, 4]},
+                      percent=0.25, input_shape=(12, 12, 3),
+                      expected={"c1": 6, "c2": 7, "d1": 4, "out": 3})
+    # The rewrite builds with zero initializers for speed; the saved config must
+    # still name the user's own.
+    for name in ("c1", "d1"):
+        assert pruned.get_layer(name).get_config()["kernel_initializer"] == \
+            model.get_layer(name).get_config()["kernel_initializer"]
+        assert pruned.get_layer(name).get_config()["kernel_initializer"]["class_name"] != "Zeros"
 
 
 def test_residual_add(prune_file, tmp_path):
