@@ -24,7 +24,23 @@ class KerasPruner(Engine):
             tf.config.threading.set_inter_op_parallelism_threads(threads)
         except RuntimeError:  # TensorFlow already initialised in this process
             pass
-        keras.layers.Dense(1)  # touch the layer registry
+        # Run the save/load/clone code paths once on a tiny model: their first call
+        # in a process costs about a second that a job would otherwise pay.
+        import tempfile
+
+        inputs = keras.Input((8, 8, 3))
+        outputs = keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(
+            keras.layers.BatchNormalization()(keras.layers.Conv2D(4, 3)(inputs))))
+        tiny = keras.Model(inputs, outputs)
+        tiny.compile(optimizer="adam", loss="categorical_crossentropy")
+        try:
+            with tempfile.TemporaryDirectory() as folder:
+                for suffix in (".keras", ".h5"):
+                    path = os.path.join(folder, "warm" + suffix)
+                    tiny.save(path)
+                    keras.models.clone_model(keras.saving.load_model(path))
+        except Exception:  # noqa: BLE001 - warming up is an optimisation only
+            pass
 
     def prune(self, job: PruneJob) -> PruneResult:
         """Prune the uploaded Keras model; raises PruningError with the reason."""

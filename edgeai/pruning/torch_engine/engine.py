@@ -21,6 +21,19 @@ class TorchPruner(Engine):
         import torchsummary  # noqa: F401
 
         torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+        # The first torch.export and dependency-graph trace in a process are slow;
+        # pay for them here, on a tiny model, instead of in the first job.
+        import tempfile
+
+        import torch_pruning as tp
+
+        tiny = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(),
+                                   torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 2)).eval()
+        example = torch.randn(1, 1, 8, 8)
+        tp.DependencyGraph().build_dependency(tiny, example_inputs=example)
+        with tempfile.TemporaryDirectory() as folder:
+            torch.export.save(torch.export.export(tiny, (example,)),
+                              os.path.join(folder, "warm.pt2"))
 
     def prune(self, job: PruneJob) -> PruneResult:
         """Load, prune, verify, save and report; raises PruningError with the reason."""

@@ -58,7 +58,9 @@ def prune_torch(tmp_path):
         job = PruneJob(framework="pytorch", percent=percent, omitted=tuple(omitted),
                        inputs={k: str(v) for k, v in paths.items()}, input_names=names,
                        output_dir=str(out), output_stem="tmptest0001",
-                       options={"input_size": list(input_size), "model_name": model_name})
+                       options={"input_size": (input_size if isinstance(input_size, str)
+                                               else list(input_size)),
+                                "model_name": model_name})
         result = TorchPruner().prune(job)
         return result, out
 
