@@ -113,6 +113,10 @@ class ChannelGraph:
     records: dict[int, LayerRecord] = field(default_factory=dict)
     frozen: list[tuple[np.ndarray, str, str]] = field(default_factory=list)
     order: list[int] = field(default_factory=list)
+    # (elements in channel order, parts, layer): a grouped convolution or a
+    # GroupNormalization stays valid only if each of its ``parts`` contiguous channel
+    # blocks loses the same positions.
+    constraints: list[tuple[np.ndarray, int, str]] = field(default_factory=list)
 
     def record(self, layer, path: str) -> LayerRecord:  # noqa: ANN001
         key = id(layer)
@@ -233,10 +237,18 @@ def _visit(graph: ChannelGraph, layer, node, in_maps: list[np.ndarray], omitted:
         return [first]
 
     if is_producer(layer):
-        grouped = getattr(layer, "groups", 1) > 1
-        if not channels_last or grouped:
-            why = ("channels_first data format" if not channels_last
-                   else f"grouped convolution (groups={layer.groups})")
+        groups = int(getattr(layer, "groups", 1))
+        if groups > 1 and channels_last:
+            remember_input()
+            if record.space is None:
+                record.space = graph.uf.make(producer_width(layer))
+                graph.constraints.append((record.space, groups, name))
+                if layer.name in omitted:
+                    graph.freeze(record.space, name, "listed in ommitted")
+            graph.constraints.append((first, groups, name))
+            return [record.space]
+        if not channels_last:
+            why = "channels_first data format"
             for elements in in_maps:
                 graph.freeze(elements, name, why)
             remember_input()
@@ -261,6 +273,14 @@ def _visit(graph: ChannelGraph, layer, node, in_maps: list[np.ndarray], omitted:
         if layer.name in omitted:
             graph.freeze(out, name, "listed in ommitted")
         return [out]
+
+    rank = len(node.outputs[0].shape)
+    if isinstance(layer, L.GroupNormalization) and layer.axis in (-1, rank - 1):
+        remember_input()
+        graph.constraints.append((first, int(layer.groups), name))
+        if layer.name in omitted:
+            graph.freeze(first, name, "listed in ommitted")
+        return [first]
 
     if isinstance(layer, PASS_THROUGH) or kind in PASS_THROUGH_NAMES or (
             isinstance(layer, L.LayerNormalization) and _last_axis_only(layer, node)):

@@ -9,6 +9,7 @@ gets its weights sliced from the original.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import keras
@@ -98,21 +99,60 @@ def plan_pruning(graph: ChannelGraph, percent: float) -> Plan:
             for name in names:
                 plan.layer_status[name] = (status, why)
             continue
-        remove = channels_to_remove(len(channel_roots), percent)
-        if remove == 0:
-            for name in names:
-                plan.layer_status[name] = ("unchanged", None)
-            continue
         scores = dict.fromkeys(channel_roots, 0.0)
         for i in members:
             l1 = filter_l1(producers[i].layer)
             for root, value in zip(roots_of[i].tolist(), l1.tolist(), strict=True):
                 scores[root] += value
-        ranked = sorted(channel_roots, key=lambda r: (scores[r], r))
-        plan.removed.update(ranked[:remove])
+        layout = _channel_layout(graph, channel_roots)
+        if isinstance(layout, str):
+            for name in names:
+                plan.layer_status[name] = ("unsupported", layout)
+            continue
+        if layout is None:
+            remove = channels_to_remove(len(channel_roots), percent)
+            ranked = sorted(channel_roots, key=lambda r: (scores[r], r))
+            chosen = ranked[:remove]
+        else:
+            # Same positions out of every channel block of a grouped layer; the
+            # rule applies per block. Scores of a position are summed over blocks.
+            ordered, parts = layout
+            per = len(ordered) // parts
+            remove = channels_to_remove(per, percent)
+            position_score = [sum(scores[ordered[b * per + p]] for b in range(parts))
+                              for p in range(per)]
+            positions = sorted(range(per), key=lambda p: (position_score[p], p))[:remove]
+            chosen = [ordered[b * per + p] for b in range(parts) for p in positions]
+        if not chosen:
+            for name in names:
+                plan.layer_status[name] = ("unchanged", None)
+            continue
+        plan.removed.update(chosen)
         for name in names:
             plan.layer_status[name] = ("pruned", None)
     return plan
+
+
+def _channel_layout(graph: ChannelGraph, channel_roots: list[int]):  # noqa: ANN202
+    """None if no grouped layer constrains these channels; else (channels in block order,
+    parts); or a reason string when the constraints cannot be met together."""
+    wanted = set(channel_roots)
+    layout = None
+    for elements, parts, name in graph.constraints:
+        roots = graph.uf.roots(elements).tolist()
+        if not wanted.intersection(roots):
+            continue
+        if set(roots) != wanted or len(roots) != len(wanted) or len(roots) % parts:
+            return f"channels reach the grouped layer {name} mixed with others"
+        if layout is None:
+            layout = (roots, parts)
+        elif layout[0] != roots:
+            return f"grouped layers order these channels differently ({name})"
+        else:
+            layout = (roots, math.lcm(layout[1], parts))
+            if len(roots) % layout[1]:
+                return f"{len(roots)} channels do not split into {layout[1]} groups ({name})"
+    return layout
 
 
 def _slice(array: np.ndarray, axis: int, keep: np.ndarray) -> np.ndarray:
@@ -130,7 +170,13 @@ def sliced_weights(layer, record, graph: ChannelGraph, plan: Plan) -> list[np.nd
         kernel, *rest = weights
         return [_slice(kernel, -1, in_keep)] + [_slice(b, 0, in_keep) for b in rest]
     if is_producer(layer) and getattr(layer, "groups", 1) > 1:
-        return None
+        # kernel [..., in / groups, out]: every block lost the same positions, so
+        # the first block's mask slices the shared input axis.
+        groups = int(layer.groups)
+        kernel, *rest = weights
+        block = in_keep.reshape(groups, -1)[0]
+        kernel = _slice(_slice(kernel, -2, block), -1, out_keep)
+        return [kernel] + [_slice(b, 0, out_keep) for b in rest]
     if isinstance(layer, SEPARABLE):
         mult = int(layer.depth_multiplier)
         depthwise, pointwise, *rest = weights

@@ -207,3 +207,28 @@ def test_op_residual_squeeze_excite_and_grouped_depthwise(prune_file, tmp_path):
     check(prune_file, tmp_path, model, {"stem": [2, 5], "excite": [2, 5], "squeeze": [1]},
           percent=0.25, input_shape=(8, 8, 3),
           expected={"stem": 6, "dwconv": 6, "excite": 6, "squeeze": 3}, randomized=True)
+
+
+def test_grouped_convolution_loses_the_same_positions_per_group(prune_file, tmp_path):
+    model = keras.Sequential([
+        keras.Input((8, 8, 3)), L.Conv2D(8, 3, name="c1"),
+        L.Conv2D(8, 3, groups=2, name="grouped"), L.GlobalAveragePooling2D(),
+        L.Dense(2, name="out"),
+    ])
+    # Blocks of 4 channels: position 1 of each block of c1, position 2 of 'grouped'.
+    check(prune_file, tmp_path, model, {"c1": [1, 5], "grouped": [2, 6]}, percent=0.25,
+          input_shape=(8, 8, 3), expected={"c1": 6, "grouped": 6})
+
+
+def test_group_normalization_stays_valid(prune_file, tmp_path):
+    model = keras.Sequential([
+        keras.Input((8, 8, 3)), L.Conv2D(8, 3, name="c1"), L.GroupNormalization(groups=4),
+        L.Conv2D(6, 3, name="c2"), L.GlobalAveragePooling2D(), L.Dense(2, name="out"),
+    ])
+    path = tmp_path / "gn.keras"
+    model.save(path)
+    result, pruned = prune_file(path, 0.5)
+    widths = {row["name"]: row["channels_after"] for row in result.report["layers"]}
+    assert widths["c1"] == 4  # one of the two channels of each of the 4 groups
+    assert pruned.layers[1].groups == 4
+    assert pruned.predict(np.zeros((1, 8, 8, 3)), verbose=0).shape == (1, 2)
