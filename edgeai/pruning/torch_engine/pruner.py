@@ -28,6 +28,18 @@ UNSUPPORTED = (nn.MultiheadAttention, nn.RNNBase, nn.RNNCellBase, nn.Embedding,
                nn.TransformerDecoderLayer)
 
 
+def pruned_by_heads(module: nn.Module) -> bool:
+    """A MultiheadAttention torch-pruning can narrow: one packed q/k/v projection
+    (``kdim == vdim == embed_dim``). Its embed dimension is pruned with the
+    residual stream, the same positions in every head, so heads stay equal."""
+    return isinstance(module, nn.MultiheadAttention) and bool(module._qkv_same_embed_dim)
+
+
+def left_whole(module: nn.Module) -> bool:
+    """A structure whose units are never removed (recurrent, embedding, other attention)."""
+    return isinstance(module, UNSUPPORTED) and not pruned_by_heads(module)
+
+
 @dataclass
 class LayerOutcome:
     """What happened to one producer layer's output channels."""
@@ -130,7 +142,9 @@ def group_scores(group, root_channels: int) -> torch.Tensor:  # noqa: ANN001 - t
     for item in group:
         dep, idxs = item.dep, item.idxs
         module = dep.target.module
-        if not isinstance(module, PRODUCERS) or not _is_out_fn(dep):
+        if pruned_by_heads(module) and _is_out_fn(dep):
+            module = module.out_proj  # the attention's output units are out_proj's rows
+        elif not isinstance(module, PRODUCERS) or not _is_out_fn(dep):
             continue
         local = filter_l1(module).to(torch.float64)
         root_idxs = item.root_idxs
@@ -158,7 +172,7 @@ def _blocker(group, module_names: dict, omitted: set[str]) -> tuple[str, str] | 
             return "omitted", "listed in ommitted"
         if isinstance(module, nn.RNNBase) and not _is_out_fn(dep):
             continue  # RecurrentInputPruner trims its input weights
-        if isinstance(module, UNSUPPORTED):
+        if left_whole(module):
             return "unsupported", f"channels feed {name} ({kind}), which is left whole"
     return None
 
@@ -178,6 +192,8 @@ def channel_groups(group) -> int:  # noqa: ANN001
         module = item.dep.target.module
         if isinstance(module, nn.GroupNorm):
             count = math.lcm(count, module.num_groups)
+        elif pruned_by_heads(module):
+            count = math.lcm(count, module.num_heads)
         elif isinstance(module, CONVS) and module.groups > 1 and not (
                 module.groups == module.in_channels == module.out_channels):
             count = math.lcm(count, module.groups)
@@ -194,8 +210,14 @@ def prune_model(model: nn.Module, example: torch.Tensor, percent: float,
     names = {module: name for name, module in model.named_modules()}
     outcome = PruneOutcome()
     inside: dict[str, str] = {}  # producer inside a structure left whole -> why
+    projections: set[str] = set()  # out_proj of an attention pruned as a whole
     for name, module in model.named_modules():
-        if isinstance(module, UNSUPPORTED):
+        if pruned_by_heads(module):
+            n = module.embed_dim
+            outcome.layers[name] = LayerOutcome(name, type(module).__name__, n, n)
+            projections.update(f"{name}.{child}" for child, sub in module.named_modules()
+                               if child and isinstance(sub, PRODUCERS))
+        elif left_whole(module):
             n = structure_channels(module)
             why = f"{type(module).__name__} is left whole: {why_whole(module)}"
             outcome.layers[name] = LayerOutcome(name, type(module).__name__, n, n,
@@ -209,6 +231,9 @@ def prune_model(model: nn.Module, example: torch.Tensor, percent: float,
     for name, why in inside.items():
         outcome.layers[name].status = "unsupported"
         outcome.layers[name].reason = why
+    for name in projections:
+        # Part of its attention layer's entry: torch-pruning narrows it with the layer.
+        outcome.layers.pop(name, None)
     started = time.perf_counter()
     graph = tp.DependencyGraph().build_dependency(
         model, example_inputs=example,
@@ -219,7 +244,8 @@ def prune_model(model: nn.Module, example: torch.Tensor, percent: float,
     # One group per producer not already in a group (as get_all_groups does), but a
     # group torch-pruning cannot build is reported on its own instead of ending the walk.
     for name, module in model.named_modules():
-        if not isinstance(module, PRODUCERS) or id(module) in covered or name in inside:
+        if (not isinstance(module, PRODUCERS) or id(module) in covered or name in inside
+                or name in projections):
             continue
         try:
             pruner = graph.get_pruner_of_module(module)
@@ -241,7 +267,8 @@ def prune_model(model: nn.Module, example: torch.Tensor, percent: float,
         root = group[0].dep.target.module
         root_name = names.get(root)
         members = [names.get(item.dep.target.module) for item in group
-                   if isinstance(item.dep.target.module, PRODUCERS) and _is_out_fn(item.dep)]
+                   if (isinstance(item.dep.target.module, PRODUCERS)
+                       or pruned_by_heads(item.dep.target.module)) and _is_out_fn(item.dep)]
         blocked = _blocker(group, names, omitted)
         if blocked is not None:
             status, reason = blocked

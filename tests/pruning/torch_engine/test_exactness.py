@@ -222,3 +222,45 @@ def test_concatenation_exact(user_files, prune_torch):
     assert_rows(pruned.a, model.a, keep_a)
     assert_rows(pruned.b, model.b, keep_b)
     assert_rows(pruned.c, model.c, keep_c, keep_a + [4 + i for i in keep_b])
+
+
+ATTENTION = """
+import torch
+import torch.nn as nn
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj = nn.Linear(6, 16)
+        self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        h = self.proj(x)
+        return self.head((h + self.attn(h, h, h, need_weights=False)[0]).mean(1))
+"""
+
+
+def test_attention_loses_the_same_positions_in_every_head_exact(user_files, prune_torch):
+    # 2 heads of 8: removing positions 1 and 5 of each head is channels 1, 5, 9, 13 of
+    # the stream, of q, k and v. Zeroed so that removing them changes nothing: the
+    # stream's producers (proj, out_proj) and the q/v rows and out_proj columns.
+    stream = [1, 5, 9, 13]
+
+    def init(model):
+        zero_out(model.proj, stream)
+        zero_out(model.attn.out_proj, stream)
+        model.attn.out_proj.weight[:, stream] = 0
+        for block in (0, 2):  # q and v blocks of the packed projection
+            rows = [block * 16 + i for i in stream]
+            model.attn.in_proj_weight[rows] = 0
+            model.attn.in_proj_bias[rows] = 0
+
+    paths, model = user_files(ATTENTION, init=init)
+    result, out = prune_torch(paths, 0.25, (5, 6))
+    pruned = assert_same_outputs(model, out, result, (5, 6))
+    assert pruned.attn.embed_dim == 12 and pruned.attn.head_dim == 6
+    assert pruned.attn.num_heads == 2 and pruned.head.in_features == 12
+    assert_rows(pruned.proj, model.proj, kept(16, stream))
+    statuses = {layer["name"]: layer["status"] for layer in result.report["layers"]}
+    assert statuses == {"proj": "pruned", "attn": "pruned", "head": "output"}
