@@ -33,8 +33,17 @@ submitted = ns.model("Submitted", {
     "message": fields.String(description="What happened",
                              example="Successfully submitted transaction."),
 })
+
+
+class NullableString(fields.String):
+    """A string field documented as nullable (Swagger 2.0 ``x-nullable``)."""
+
+    def schema(self):  # noqa: ANN201
+        return {**super().schema(), "x-nullable": True}
+
+
 refused = ns.model("Refused", {
-    "txid": fields.String(description="Always null when the upload is refused"),
+    "txid": NullableString(description="Always null when the upload is refused"),
     "message": fields.String(description="Why the upload was refused and what is allowed"),
 })
 

@@ -103,6 +103,7 @@ class Status(Resource):
     @ns.expect(txid_parser)
     @ns.response(404, NOT_FOUND, error_model)
     @ns.response(400, "txid missing", error_model)
+    @ns.response(401, "Missing or invalid API key", error_model)
     @ns.marshal_with(status_model, skip_none=True)
     def get(self):
         """Get a transaction's status; when done, the pruned model's summary and file name."""
@@ -133,6 +134,8 @@ class Download(Resource):
     @ns.response(404, NOT_FOUND, error_model)
     @ns.response(409, "Not done yet, or failed", error_model)
     @ns.response(410, "Expired", error_model)
+    @ns.response(400, "txid missing, or format not available", error_model)
+    @ns.response(401, "Missing or invalid API key", error_model)
     def get(self):
         """Download a finished transaction's pruned model."""
         row = find_transaction(request.args.get("txid"))
