@@ -106,8 +106,10 @@ def parse_model_name(raw: str | None) -> str:
 def client_file_name(upload: FileStorage) -> str:
     """The bare name the client gave a file (kept as data, never used as a path)."""
     raw = upload.filename or ""
-    # Strip any directory part a client sends, Windows or POSIX.
-    return PurePosixPath(PureWindowsPath(raw).name).name[:255]
+    # Strip any directory part a client sends, Windows or POSIX, and control
+    # characters (a NUL has no business in a name, even one kept only as text).
+    name = PurePosixPath(PureWindowsPath(raw).name).name
+    return "".join(ch for ch in name if ch.isprintable())[:255]
 
 
 def check_file(files: Mapping[str, FileStorage], field: str, extensions: tuple[str, ...],

@@ -139,3 +139,14 @@ def test_refused_submission_leaves_nothing_on_disk(app, client, headers, data_di
     tf_post(client, headers, "?percent=0.4", files={"model": (io.BytesIO(b""), "m.h5")})
     assert list((data_dir / "jobs").iterdir()) == []
     assert list((data_dir / "incoming").iterdir()) == []
+
+
+def test_client_file_names_are_kept_as_bare_printable_text(app, client, headers):
+    from edgeai.db import Transaction
+
+    response = tf_post(client, headers, "?percent=0.4",
+                       files={"model": (io.BytesIO(H5), "..\\..\\dir/evil\x00\x07.h5")})
+    assert response.status_code == 200
+    with app.extensions["edgeai.db"].session() as session:
+        stored = session.get(Transaction, response.get_json()["txid"]).input_names["model"]
+    assert stored == "evil.h5"
