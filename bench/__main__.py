@@ -181,6 +181,9 @@ def main() -> int:
     ratio = resnet_time / floor
     rows.append(("ResNet50 96x96 @0.4, submit-to-done", f"{resnet_time:.2f} s",
                  f"floor {floor:.2f} s -> {ratio:.2f}x (aim <= 1.5x)"))
+    rows.append(("  of which the job in the child",
+                 f"{report.get('sandbox', {}).get('job_seconds', '?')} s",
+                 "the rest: upload, queue claim, publish, status poll"))
     load_save = timings.get("load", 0) + timings.get("save", 0)
     analyse_rewrite = timings.get("analyse", 0) + timings.get("rewrite", 0)
     if load_save:

@@ -77,7 +77,7 @@ class Settings:
     max_attempts: int = 3
     heartbeat_seconds: float = 2.0
     stale_seconds: float = 30.0
-    poll_seconds: float = 0.5
+    poll_seconds: float = 0.2
     retention_hours: float = 168.0
     run_jobs: bool = True
     warm_spares: bool = True
@@ -129,7 +129,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_attempts=_int(env, "EDGEAI_MAX_ATTEMPTS", 3, 1),
         heartbeat_seconds=_float(env, "EDGEAI_HEARTBEAT_SECONDS", 2.0, 0.05),
         stale_seconds=_float(env, "EDGEAI_STALE_SECONDS", 30.0, 0.2),
-        poll_seconds=_float(env, "EDGEAI_POLL_SECONDS", 0.5, 0.01),
+        poll_seconds=_float(env, "EDGEAI_POLL_SECONDS", 0.2, 0.01),
         retention_hours=_float(env, "EDGEAI_RETENTION_HOURS", 168.0, 0.0),
         run_jobs=_choice(env, "EDGEAI_RUN_JOBS", "on", ("on", "off")) == "on",
         warm_spares=_choice(env, "EDGEAI_WARM_SPARES", "on", ("on", "off")) == "on",
