@@ -77,6 +77,15 @@ pt_parser.add_argument("dataset", type=FileStorage, location="files",
                             "a tensor, an (x, y) tuple, or .npz; used to report accuracy")
 
 
+def submit_responses(method):  # noqa: ANN001, ANN201
+    """The responses both submit calls document (and the X-Fields-aware marshalling)."""
+    for code, why in ((429, "Too many jobs queued or running for this client"),
+                      (413, "Upload too large"), (401, "Missing or invalid API key"),
+                      (400, "Bad parameter or file")):
+        method = ns.response(code, why, refused)(method)
+    return ns.marshal_with(submitted, description="Submitted")(method)
+
+
 def _submit(framework: str, params: dict, uploads: dict[str, FileStorage]) -> dict:
     """Store the uploads, then queue the transaction; return the guide's response body."""
     owner = params.pop("_owner")
@@ -110,11 +119,7 @@ class TensorFlowPrune(Resource):
     """Prune a TensorFlow/Keras model."""
 
     @ns.expect(tf_parser)
-    @ns.marshal_with(submitted, description="Submitted")
-    @ns.response(400, "Bad parameter or file", refused)
-    @ns.response(401, "Missing or invalid API key", refused)
-    @ns.response(413, "Upload too large", refused)
-    @ns.response(429, "Too many jobs queued or running for this client", refused)
+    @submit_responses
     def post(self):
         """Submit a Keras model (h5, keras, or a zipped SavedModel) for pruning."""
         owner = context.current_client()
@@ -130,11 +135,7 @@ class PyTorchPrune(Resource):
     """Prune a PyTorch model."""
 
     @ns.expect(pt_parser)
-    @ns.marshal_with(submitted, description="Submitted")
-    @ns.response(400, "Bad parameter or file", refused)
-    @ns.response(401, "Missing or invalid API key", refused)
-    @ns.response(413, "Upload too large", refused)
-    @ns.response(429, "Too many jobs queued or running for this client", refused)
+    @submit_responses
     def post(self):
         """Submit a PyTorch state_dict with its class file for pruning."""
         owner = context.current_client()
