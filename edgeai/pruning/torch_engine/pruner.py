@@ -35,6 +35,26 @@ def pruned_by_heads(module: nn.Module) -> bool:
     return isinstance(module, nn.MultiheadAttention) and bool(module._qkv_same_embed_dim)
 
 
+def keep_attention_scale(attention: nn.MultiheadAttention, old_head_dim: int) -> None:
+    """Rescale the query projection after heads got narrower.
+
+    Attention divides q.k by sqrt(head_dim); with fewer dimensions per head that
+    divisor shrinks. Multiplying the query weights and bias by sqrt(new / old)
+    restores the old scale, so removing dimensions whose q or k is zero changes
+    nothing (the exactness test relies on it).
+    """
+    new_head_dim = attention.embed_dim // attention.num_heads
+    attention.head_dim = new_head_dim
+    if new_head_dim == old_head_dim:
+        return
+    factor = math.sqrt(new_head_dim / old_head_dim)
+    embed = attention.embed_dim
+    with torch.no_grad():
+        attention.in_proj_weight[:embed] *= factor
+        if attention.in_proj_bias is not None:
+            attention.in_proj_bias[:embed] *= factor
+
+
 def left_whole(module: nn.Module) -> bool:
     """A structure whose units are never removed (recurrent, embedding, other attention)."""
     return isinstance(module, UNSUPPORTED) and not pruned_by_heads(module)
@@ -304,7 +324,12 @@ def prune_model(model: nn.Module, example: torch.Tensor, percent: float,
             pruning = graph.get_pruning_group(root, group[0].dep.handler, idxs=victims)
             if not graph.check_pruning_group(pruning):
                 raise ValueError("torch-pruning refused the group")
+            head_dims = {id(item.dep.target.module): (item.dep.target.module,
+                                                       item.dep.target.module.head_dim)
+                         for item in pruning if pruned_by_heads(item.dep.target.module)}
             pruning.prune()
+            for attention, old_head_dim in head_dims.values():
+                keep_attention_scale(attention, old_head_dim)
         except Exception as error:  # noqa: BLE001 - one bad group must not fail the job
             outcome.warnings.append(f"{root_name}: left whole ({type(error).__name__}: {error})")
             for member in members:
