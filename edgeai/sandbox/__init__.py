@@ -91,13 +91,11 @@ def check_reachable(path: Path, uid: int, gid: int) -> None:
 
 def interpreter_unreachable(uid: int, gid: int) -> str | None:
     """Why ``uid`` could not run this Python (its stdlib, packages or edgeai), or None."""
-    import os as os_module
+    import sysconfig
 
-    folders = {Path(os_module.__file__).parent, Path(json.__file__).parent.parent,
+    paths = sysconfig.get_paths()
+    folders = {Path(paths["stdlib"]), Path(paths["purelib"]), Path(paths["platlib"]),
                Path(PACKAGE_PARENT)}
-    import flask  # noqa: F401 - a third-party package locates site-packages
-
-    folders.add(Path(sys.modules["flask"].__file__).parent.parent)
     for folder in sorted(folders):
         try:
             check_reachable(folder, uid, gid)
