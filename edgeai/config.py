@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,8 @@ class ConfigError(ValueError):
 
 
 AUTH_MODES = ("on", "off", "gateway")
+SANDBOX_MODES = ("strict", "weak")
+SANDBOX_LAYERS = ("view", "pid", "network", "identity", "landlock", "seccomp")
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
@@ -58,6 +60,15 @@ def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in raw.split(",") if part.strip())
 
 
+def _names(env: Mapping[str, str], name: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
+    values = tuple(value.lower() for value in _list(env, name))
+    unknown = [value for value in values if value not in allowed]
+    if unknown:
+        raise ConfigError(f"{name}: unknown {', '.join(map(repr, unknown))}; "
+                          f"allowed: {', '.join(allowed)}")
+    return values
+
+
 @dataclass(frozen=True)
 class Settings:
     """The service's configuration; see the README's table for each field."""
@@ -81,7 +92,8 @@ class Settings:
     retention_hours: float = 168.0
     run_jobs: bool = True
     warm_spares: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
+    sandbox: str = "strict"
+    sandbox_skip: tuple[str, ...] = ()
 
     @property
     def max_upload_bytes(self) -> int:
@@ -133,5 +145,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         retention_hours=_float(env, "EDGEAI_RETENTION_HOURS", 168.0, 0.0),
         run_jobs=_choice(env, "EDGEAI_RUN_JOBS", "on", ("on", "off")) == "on",
         warm_spares=_choice(env, "EDGEAI_WARM_SPARES", "on", ("on", "off")) == "on",
+        sandbox=_choice(env, "EDGEAI_SANDBOX", "strict", SANDBOX_MODES),
+        sandbox_skip=_names(env, "EDGEAI_SANDBOX_SKIP", SANDBOX_LAYERS),
     )
     return settings.resolved()

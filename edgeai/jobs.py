@@ -24,7 +24,7 @@ from sqlalchemy import func, select, update
 
 from edgeai.config import Settings
 from edgeai.db import Database, Transaction
-from edgeai.pruning import FRAMEWORKS, PruneJob
+from edgeai.pruning import FRAMEWORKS, PruneJob, get_engine
 from edgeai.sandbox import JobFailed, Sandbox, limits_from_settings
 from edgeai.storage import Storage, artifact_stem
 
@@ -133,25 +133,30 @@ def expire_artifacts(database: Database, storage: Storage, retention_hours: floa
     return len(expired)
 
 
-def build_job(row: Transaction, storage: Storage, workdir: Path) -> PruneJob:
-    """Turn a claimed row into the engine's :class:`PruneJob`, linking inputs into ``workdir``."""
-    inputs_dir = workdir / "inputs"
-    inputs_dir.mkdir()
+def build_job(row: Transaction, storage: Storage) -> PruneJob:
+    """Turn a claimed row into the engine's :class:`PruneJob`; inputs are the stored
+    uploads (the sandbox links them into the child's slot and sets ``output_dir``)."""
     inputs = {}
     for role in INPUT_ROLES[row.framework]:
         source = storage.input_path(row.txid, role)
         if source.exists():
-            target = inputs_dir / f"{role}.upload"
-            os.link(source, target)
-            inputs[role] = str(target)
-    output_dir = workdir / "out"
-    output_dir.mkdir()
+            inputs[role] = str(source)
     params = row.params or {}
     options = {k: v for k, v in params.items() if k not in ("percent", "omitted")}
     return PruneJob(framework=row.framework, percent=float(params["percent"]),
                     omitted=tuple(params.get("omitted") or ()), inputs=inputs,
-                    input_names=dict(row.input_names or {}), output_dir=str(output_dir),
+                    input_names=dict(row.input_names or {}), output_dir="",
                     output_stem=artifact_stem(), options=options)
+
+
+def sandbox_for(settings: Settings) -> Sandbox:
+    """The sandbox the settings describe; the data dir is what its children must not see."""
+    hidden = [Path(settings.data_dir)]
+    if settings.database_url.startswith("sqlite:///"):
+        hidden.append(Path(settings.database_url.removeprefix("sqlite:///")))
+    return Sandbox(Path(settings.data_dir) / "sandbox", limits_from_settings(settings),
+                   warm_spares=settings.warm_spares, mode=settings.sandbox,
+                   skip=settings.sandbox_skip, hidden=tuple(str(p) for p in hidden))
 
 
 class JobRunner:
@@ -162,9 +167,7 @@ class JobRunner:
         self.settings = settings
         self.database = database
         self.storage = storage
-        self.sandbox = sandbox or Sandbox(Path(settings.data_dir) / "sandbox",
-                                          limits_from_settings(settings),
-                                          warm_spares=settings.warm_spares)
+        self.sandbox = sandbox or sandbox_for(settings)
         self.claimer = worker_id()
         self._executor = ThreadPoolExecutor(settings.worker_threads, thread_name_prefix="prune")
         self._held: set[str] = set()
@@ -177,6 +180,7 @@ class JobRunner:
     def start(self) -> None:
         """Recover stale rows, start the spares, the dispatcher and the heartbeat."""
         recover_stale_jobs(self.database, self.settings.stale_seconds, self.settings.max_attempts)
+        self.sandbox.probe()
         self.sandbox.prepare_spares(FRAMEWORKS)
         for target, name in ((self._dispatch_loop, "edgeai-dispatch"),
                              (self._heartbeat_loop, "edgeai-heartbeat")):
@@ -277,20 +281,18 @@ class JobRunner:
             self._wake.set()
 
     def _execute(self, row: Transaction) -> dict:
-        workdir = self.storage.work_dir(row.txid)
-        job = build_job(row, self.storage, workdir)
-        result = self.sandbox.run(job, workdir, cancel=self._stop)
-        out = Path(job.output_dir)
+        job = build_job(row, self.storage)
+        staging = self.storage.work_dir(row.txid)
+        result = self.sandbox.run(job, staging, cancel=self._stop,
+                                  brings_code=get_engine(row.framework).untrusted_code(job))
         report = dict(result.report)
         artifacts = dict(report.get("artifacts") or {})
         # Extra artifacts (PyTorch state_dict / torch.export) are published too,
         # before the main one, so that "done" implies every listed file exists.
-        for key, name in list(artifacts.items()):
-            if name and name != result.artifact and (out / name).is_file():
-                self.storage.publish(row.txid, out / name, name)
-            elif name != result.artifact:
-                artifacts[key] = None
-        self.storage.publish(row.txid, out / result.artifact, result.artifact)
+        for name in artifacts.values():
+            if name and name != result.artifact:
+                self.storage.publish(row.txid, staging / name, name)
+        self.storage.publish(row.txid, staging / result.artifact, result.artifact)
         artifacts["model"] = result.artifact
         report["artifacts"] = artifacts
         return {"state": "done", "message": result.message, "filename": result.artifact,

@@ -3,10 +3,11 @@
 Layout of ``jobs/<txid>/``::
 
     inputs/<role>.upload   the client's files, stored under server-made names
+    staging/               what a finished job produced, checked, before publishing
     result/<filename>      the artifact(s), renamed into place once complete
 
-and ``sandbox/jobs/<txid>/``, the job's private folder while it runs: apart from
-the rest so that the sandbox user can reach it (``jobs/`` stays 0700).
+A running job never sees any of this: the sandbox links its inputs into the
+child's own slot (``sandbox/slots/``) and moves the outputs back into ``staging``.
 
 Client file names never reach a path: the txid (a uuid the server made, checked
 by :func:`transaction_dir`) maps to the folder, and roles are fixed words.
@@ -32,12 +33,10 @@ class Storage:
         self.root = Path(data_dir).resolve()
         self.jobs = self.root / "jobs"
         self.incoming = self.root / "incoming"
-        self.sandbox_jobs = self.root / "sandbox" / "jobs"
-        for path in (self.jobs, self.incoming, self.sandbox_jobs):
+        for path in (self.jobs, self.incoming):
             path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        # Traverse-only for the sandbox user on the way to its own folder.
-        for path in (self.root, self.root / "sandbox", self.sandbox_jobs):
-            os.chmod(path, 0o711)
+        # Traverse-only: the sandbox's slots live below (see edgeai.sandbox).
+        os.chmod(self.root, 0o711)
 
     def transaction_dir(self, txid: str) -> Path:
         """Return the folder of ``txid``; raises ValueError unless it is a uuid."""
@@ -51,8 +50,8 @@ class Storage:
         return self.transaction_dir(txid) / "inputs" / f"{role}.upload"
 
     def work_dir(self, txid: str) -> Path:
-        """The sandbox's folder for one run of ``txid`` (created empty)."""
-        path = self.sandbox_jobs / self.transaction_dir(txid).name
+        """The server's staging folder for one run of ``txid`` (created empty)."""
+        path = self.transaction_dir(txid) / "staging"
         if path.exists():
             shutil.rmtree(path, ignore_errors=True)
         path.mkdir(parents=True, mode=0o700)
@@ -116,8 +115,8 @@ class Storage:
         return final
 
     def remove_work(self, txid: str) -> None:
-        """Delete the sandbox folder of ``txid`` (after the job ends)."""
-        shutil.rmtree(self.sandbox_jobs / self.transaction_dir(txid).name, ignore_errors=True)
+        """Delete the staging folder of ``txid`` (after the job ends)."""
+        shutil.rmtree(self.transaction_dir(txid) / "staging", ignore_errors=True)
 
     def remove_inputs(self, txid: str) -> None:
         """Delete the uploads of ``txid`` once its job has ended."""

@@ -16,8 +16,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def reachable_tmp(tmp_path):
-    """``tmp_path`` made traversable for the sandbox user (pytest makes its base 0700);
-    the sandbox refuses to start on a data dir its user cannot reach."""
+    """``tmp_path`` made traversable for the sandbox user (pytest makes its base 0700):
+    for canary folders that code *could* write if it ever ran unconfined. Data dirs need
+    no such thing: the sandbox never lets a job walk the host's folders."""
     for folder in [*tmp_path.parents][:3]:
         if str(folder).startswith(tempfile.gettempdir()) and folder != Path(tempfile.gettempdir()):
             folder.chmod(folder.stat().st_mode | 0o111)
@@ -28,7 +29,7 @@ def reachable_tmp(tmp_path):
 @pytest.fixture
 def data_dir(tmp_path):
     """A fresh EDGEAI_DATA_DIR."""
-    path = reachable_tmp(tmp_path) / "var"
+    path = tmp_path / "var"
     path.mkdir()
     return path
 

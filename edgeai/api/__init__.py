@@ -83,4 +83,7 @@ def init_app(app: Flask) -> None:
 
     @app.get("/healthz")
     def healthz():
-        return {"ok": True}
+        """Liveness, and which sandbox layers this process's jobs run under."""
+        runner = app.extensions.get("edgeai.runner")
+        sandbox = runner.sandbox.status if runner else {"jobs": "not run by this process"}
+        return {"ok": True, "sandbox": sandbox}

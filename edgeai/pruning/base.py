@@ -134,6 +134,15 @@ class Engine(ABC):
     def warm_up(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Import the framework ahead of a job (called in a spare child process)."""
 
+    def untrusted_code(self, job: PruneJob) -> str | None:
+        """What in ``job``'s inputs would run as code once loaded (a class file, a
+        SavedModel graph, a pickle), in words for the user; None if nothing would.
+
+        Called in the server (it must not import the framework): such a job runs
+        only in a child with every sandbox wall in force.
+        """
+        return None
+
     @abstractmethod
     def prune(self, job: PruneJob) -> PruneResult:
         """Prune ``job``'s model, write the artifact, return the result.

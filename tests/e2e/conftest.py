@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import reachable_tmp
 from tests.e2e.server import LiveServer
 
 
@@ -11,7 +10,6 @@ from tests.e2e.server import LiveServer
 def live_server(tmp_path):
     """Factory: ``live_server(**EDGEAI_settings)`` starts a server, stopped at teardown."""
     servers = []
-    reachable_tmp(tmp_path)
 
     def start(data_dir=None, **env):
         server = LiveServer(data_dir or tmp_path / "var", **env)

@@ -29,9 +29,8 @@ KERAS_FAMILIES = {
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from tests.conftest import reachable_tmp
 
-    base = reachable_tmp(tmp_path_factory.mktemp("breadth"))
+    base = tmp_path_factory.mktemp("breadth")
     live = LiveServer(base / "var", EDGEAI_MAX_JOBS_PER_CLIENT="50").start()
     live.headers = live.create_key()
     yield live

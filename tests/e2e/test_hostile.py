@@ -39,7 +39,7 @@ TF_QUERY = {"percent": "0.4"}
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """One gunicorn for the module, with a short job timeout and a 3 GB job memory cap."""
-    base = reachable_tmp(tmp_path_factory.mktemp("hostile-server"))
+    base = tmp_path_factory.mktemp("hostile-server")
     live = LiveServer(base / "var", workers=1, EDGEAI_JOB_TIMEOUT=JOB_TIMEOUT,
                       EDGEAI_JOB_MEMORY_MB=JOB_MEMORY_MB, EDGEAI_MAX_JOBS_PER_CLIENT=200)
     live.start(timeout=180)

@@ -23,7 +23,6 @@ from schemathesis.specs.openapi.checks import (  # noqa: E402
     status_code_conformance,
 )
 
-from tests.conftest import reachable_tmp  # noqa: E402
 from tests.e2e.server import LiveServer  # noqa: E402
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -37,7 +36,7 @@ BOUNDED = settings(max_examples=25, deadline=None, derandomize=True,
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """One gunicorn that accepts submissions but runs no jobs."""
-    base = reachable_tmp(tmp_path_factory.mktemp("schema-server"))
+    base = tmp_path_factory.mktemp("schema-server")
     live = LiveServer(base / "var", workers=1, EDGEAI_RUN_JOBS="off",
                       EDGEAI_MAX_JOBS_PER_CLIENT=100000)
     live.start(timeout=120)

@@ -42,6 +42,14 @@ class KerasPruner(Engine):
         except Exception:  # noqa: BLE001 - warming up is an optimisation only
             pass
 
+    def untrusted_code(self, job: PruneJob) -> str | None:
+        """A .zip may hold a SavedModel, whose graph is a program; .h5/.keras hold none."""
+        if job.input_names.get("model", "").lower().endswith(".zip"):
+            return "a zipped model (it may hold a SavedModel graph, which is code)"
+        if "dataset" in job.inputs:
+            return "a dataset"
+        return None
+
     def prune(self, job: PruneJob) -> PruneResult:
         """Prune the uploaded Keras model; raises PruningError with the reason."""
         from edgeai.pruning.keras_engine import loading

@@ -51,11 +51,11 @@ def load(path: str, client_name: str, workdir: Path) -> Loaded:
     if suffix == ".keras":
         inspection.inspect_keras_file(source)
         local = workdir / "model.keras"  # Keras decides the format by the extension
-        os.link(source, local)
+        os.symlink(source, local)  # a link: the input belongs to the server, read-only
         return _load_keras3(local, "keras")
     inspection.inspect_h5_file(source)
     local = workdir / "model.h5"
-    os.link(source, local)
+    os.symlink(source, local)
     del keras
     loaded = _load_keras3(local, "h5")
     loaded.source = local

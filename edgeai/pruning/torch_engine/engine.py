@@ -35,6 +35,10 @@ class TorchPruner(Engine):
             torch.export.save(torch.export.export(tiny, (example,)),
                               os.path.join(folder, "warm.pt2"))
 
+    def untrusted_code(self, job: PruneJob) -> str | None:
+        """The class file is Python that runs to build the model."""
+        return "a class file (Python code)"
+
     def prune(self, job: PruneJob) -> PruneResult:
         """Load, prune, verify, save and report; raises PruningError with the reason."""
         import torch
