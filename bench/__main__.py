@@ -8,7 +8,10 @@ Prints one table. Figures:
 - the Keras engine's graph analysis + rewrite time over load + save, and the
   job's peak memory against the file size;
 - the PyTorch guide Net: submit-to-done;
-- status calls per second on gunicorn while a pruning job runs, with p50/p99.
+- status calls per second on gunicorn while a pruning job runs, with p50/p99;
+- the sandbox's cost: a child's start to ready with every layer and with none,
+  the confinement step measured inside the child, and a cold-child job with and
+  without the layers.
 """
 from __future__ import annotations
 
@@ -120,16 +123,66 @@ def hammer_status(server: LiveServer, headers: dict, txid: str, seconds: float,
     return len(latencies) / seconds, statistics.median(latencies) * 1000, p99 * 1000
 
 
+NO_LAYERS = "view,pid,network,identity,landlock,seccomp"
+
+
+def child_start(root: Path, skip: tuple[str, ...], repeats: int = 10) -> tuple[float, float]:
+    """Median seconds from spawn to ``ready`` of a child that only confines itself, and
+    the median time the confinement step took inside it (ms)."""
+    from edgeai.sandbox import Limits, Sandbox
+
+    sandbox = Sandbox(root, Limits(), warm_spares=False, skip=skip,
+                      mode="weak" if skip else "strict")
+    starts, inside = [], []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        status = sandbox.probe()
+        starts.append(time.perf_counter() - started)
+        inside.append(status.get("confine_ms", 0.0))
+    sandbox.close()
+    return statistics.median(starts), statistics.median(inside)
+
+
+def confinement_rows(tmp: Path, mnist: Path) -> list[tuple[str, str, str]]:
+    """What the sandbox's layers cost a job."""
+    full_start, full_inside = child_start(tmp / "sb-full", ())
+    bare_start, bare_inside = child_start(tmp / "sb-bare", tuple(NO_LAYERS.split(",")))
+    cold = {}
+    for name, env in (("all layers", {}),
+                      ("no layers", {"EDGEAI_SANDBOX": "weak", "EDGEAI_SANDBOX_SKIP": NO_LAYERS})):
+        server = LiveServer(tmp / f"var-cold-{name.split()[0]}", EDGEAI_WARM_SPARES="off",
+                            **env).start()
+        try:
+            headers = server.create_key()
+
+            def submit(server=server, headers=headers):  # noqa: ANN001, ANN202
+                return submit_tf(server, headers, mnist, 0.4)
+
+            cold[name] = statistics.median(timed(server, headers, submit)[0] for _ in range(3))
+        finally:
+            server.stop()
+    extra = (full_start - bare_start) * 1000
+    return [
+        ("sandbox: child start to ready, all layers / none", f"{full_start * 1000:.0f} ms",
+         f"none {bare_start * 1000:.0f} ms -> layers add {extra:.0f} ms (aim <= 50 ms)"),
+        ("  confinement step inside the child", f"{full_inside:.1f} ms",
+         "before the framework import, so a warm spare's job pays none of it"),
+        ("mnist_base.h5 cold child, all layers / none", f"{cold['all layers']:.2f} s",
+         f"none {cold['no layers']:.2f} s -> "
+         f"{(cold['all layers'] - cold['no layers']) * 1000:+.0f} ms"),
+    ]
+
+
 def main() -> int:
     """Run every measurement and print the table."""
     rows: list[tuple[str, str, str]] = []
     with tempfile.TemporaryDirectory(prefix="edgeai-bench-") as tmp:
         tmp = Path(tmp)
-        tmp.chmod(0o711)  # the sandbox user must reach the data dirs inside
         mnist = build_mnist_base(tmp / "mnist_base.h5")
         resnet = build_resnet50(tmp / "resnet50.keras")
         torch_files = write_guide_pytorch_files(tmp / "user")
         floor = warm_floor(resnet, tmp)
+        sandbox_rows = confinement_rows(tmp, mnist)
 
         cold = LiveServer(tmp / "var-cold", EDGEAI_WARM_SPARES="off").start()
         try:
@@ -200,6 +253,7 @@ def main() -> int:
     rows.append(("status calls/s while pruning (8 clients)", f"{rate:.0f}/s",
                  f"p50 {p50:.1f} ms, p99 {p99:.1f} ms"
                  + ("" if still_running else " (job ended during the run)")))
+    rows.extend(sandbox_rows)
 
     width = max(len(r[0]) for r in rows)
     print()

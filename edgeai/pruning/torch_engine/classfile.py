@@ -9,9 +9,13 @@ dunder attribute (the classic ``().__class__.__bases__`` escapes) other than the
 few a model class needs; private attributes of anything but ``self``; and, on
 any object, the attribute names that lead to the system (:data:`FORBIDDEN_ANYWHERE`:
 ``os``, ``sys``, ``torch`` reached through another module, ``load``, ``ops``,
-``hub``, ...), because what a name is bound to cannot be known statically. It
-is one layer of defence: the import itself only ever happens inside the
-confined sandbox child.
+``hub``, ...), because what a name is bound to cannot be known statically.
+
+This is a courtesy, not the wall: it gives an early error naming the line of an
+obvious mistake. It cannot be complete (torch's data pipes read files, numpy's
+``tofile`` writes them, and both pass), so the service assumes the class file
+runs and relies on the sandbox child's confinement (:mod:`edgeai.sandbox.confine`),
+the only place the import ever happens.
 """
 from __future__ import annotations
 
