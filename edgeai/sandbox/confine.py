@@ -156,13 +156,33 @@ def become_init_of_pid_namespace() -> None:
 
 
 # -- the view -------------------------------------------------------------------
-def interpreter_paths() -> list[str]:
-    """Folders this Python needs to run and import edgeai and its packages."""
+def interpreter_paths(hidden: tuple[str, ...] = ()) -> list[str]:
+    """Folders this Python needs to run and import edgeai and its packages.
+
+    Besides the prefixes and site-packages, every folder on ``sys.path`` (packages a
+    ``.pth`` file adds), except one that holds a ``hidden`` path or edgeai itself: a
+    folder holding edgeai is a checkout (its README, its configuration, perhaps the
+    data dir), so only the package folder is bound from it.
+    """
     import edgeai
 
+    package = str(Path(edgeai.__file__).resolve().parent)
+    site_dirs = {os.path.normpath(p) for p in site.getsitepackages()}
+
+    def inside(path: str, folder: str) -> bool:
+        return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+    def allowed(path: str) -> bool:
+        if not os.path.isdir(path) or path == "/":
+            return False
+        if any(inside(os.path.normpath(h), path) for h in hidden):
+            return False
+        return path in site_dirs or path == package or not inside(package, path)
+
     candidates = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
-                  str(Path(edgeai.__file__).resolve().parent), *site.getsitepackages()}
-    return _outermost(path for path in candidates if os.path.isdir(path))
+                  package, *site_dirs,
+                  *(os.path.abspath(p) for p in sys.path if p and p != os.getcwd())}
+    return _outermost(path for path in map(os.path.normpath, candidates) if allowed(path))
 
 
 def _outermost(paths: Any) -> list[str]:
@@ -174,10 +194,10 @@ def _outermost(paths: Any) -> list[str]:
     return kept
 
 
-def read_only_paths(extra: tuple[str, ...] = ()) -> list[str]:
+def read_only_paths(extra: tuple[str, ...] = (), hidden: tuple[str, ...] = ()) -> list[str]:
     """Everything the job may read: system libraries, the interpreter, ``extra``."""
     system = [p for p in SYSTEM_DIRS if os.path.isdir(p) and not os.path.islink(p)]
-    return _outermost([*system, *interpreter_paths(), *extra,
+    return _outermost([*system, *interpreter_paths(hidden), *extra,
                        *(p for p in os.environ.get("LD_LIBRARY_PATH", "").split(":") if p)])
 
 
@@ -423,7 +443,8 @@ def confine(spec: dict[str, Any]) -> dict[str, Any]:
     uid, gid = spec.get("uid"), spec.get("gid")
     uid = os.getuid() if uid is None else uid
     gid = os.getgid() if gid is None else gid
-    read_only = read_only_paths(tuple(spec.get("extra_read_only") or ()))
+    read_only = read_only_paths(tuple(spec.get("extra_read_only") or ()),
+                                tuple(spec.get("hidden") or ()))
     layers.attempt("view", lambda: build_view(spec["slot"], read_only, uid, gid,
                                               spec.get("tmpfs_mb", 256),
                                               with_proc=bool(layers.state["pid"])))
