@@ -26,6 +26,7 @@ run: install
 
 lint: install
 	$(BIN)/ruff check edgeai tests wsgi.py migrations bench
+	$(BIN)/python -m mypy
 	$(BIN)/python -m tests.check_torch_load edgeai
 
 test: lint
@@ -38,4 +39,4 @@ bench: install
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .ruff_cache
+	rm -rf $(VENV) var .pytest_cache .ruff_cache .mypy_cache
