@@ -1,28 +1,33 @@
-"""Framework pruning engines behind one interface (see :mod:`edgeai.pruning.base`).
+"""Framework pruning engines behind one pipeline (see :mod:`edgeai.pruning.pipeline`).
 
-Importing this package imports neither TensorFlow nor torch: :func:`get_engine`
-imports an engine only when a job needs it.
+Importing this package imports neither TensorFlow nor torch, nor even NumPy (the
+sandbox child imports it before it confines itself, and NumPy's BLAS starts
+threads): an engine's module imports its framework only inside the steps that
+need it, so the server reads the engines' declarations (:func:`specs`) cheaply.
 """
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING, Any
 
 from edgeai.pruning.base import (
-    Engine,
     PruneJob,
     PruneResult,
     PruningError,
     UnsafeInputError,
     channels_to_remove,
-    empty_report,
 )
+from edgeai.pruning.spec import EngineSpec
 
-FRAMEWORKS = ("tensorflow", "pytorch")
+if TYPE_CHECKING:
+    from edgeai.pruning.pipeline import Engine
 
+# The registry: framework name -> (module, engine class). Adding an engine is one line.
 _ENGINES = {
     "tensorflow": ("edgeai.pruning.keras_engine", "KerasPruner"),
     "pytorch": ("edgeai.pruning.torch_engine", "TorchPruner"),
 }
+FRAMEWORKS = tuple(_ENGINES)
 
 
 def get_engine(framework: str) -> Engine:
@@ -37,14 +42,34 @@ def get_engine(framework: str) -> Engine:
     return getattr(module, class_name)()
 
 
+def __getattr__(name: str) -> Any:
+    if name == "Engine":  # imported on first use: the pipeline imports NumPy
+        from edgeai.pruning.pipeline import Engine
+
+        return Engine
+    raise AttributeError(name)
+
+
+def specs() -> tuple[EngineSpec, ...]:
+    """Every engine's declaration of its submit call, parameters and files."""
+    return tuple(get_engine(framework).spec for framework in FRAMEWORKS)
+
+
+def spec_for(framework: str) -> EngineSpec:
+    """The declaration of ``framework``'s engine; raises ``PruningError`` if unknown."""
+    return get_engine(framework).spec
+
+
 __all__ = [
-    "Engine",
     "FRAMEWORKS",
+    "Engine",
+    "EngineSpec",
     "PruneJob",
     "PruneResult",
     "PruningError",
     "UnsafeInputError",
     "channels_to_remove",
-    "empty_report",
     "get_engine",
+    "spec_for",
+    "specs",
 ]

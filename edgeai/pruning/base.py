@@ -1,16 +1,16 @@
-"""The engine interface every framework pruner implements.
+"""The plain data a job travels as, its result, and the user-facing error.
 
 The pruning engines run inside the sandboxed child process. They know nothing of
 Flask, the database or HTTP: they receive a :class:`PruneJob` (plain data, JSON
-serialisable), read the input files it names, write one artifact into
+serialisable), read the input files it names, write their artifacts into
 ``job.output_dir`` and return a :class:`PruneResult`. A problem that is the
 user's to fix (unsupported format, unknown layer name, nothing prunable, unsafe
 file) is raised as :class:`PruningError` and becomes the failed job's message.
+The pipeline every job runs is :mod:`edgeai.pruning.pipeline`.
 """
 from __future__ import annotations
 
 import math
-from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -91,61 +91,3 @@ def channels_to_remove(n_channels: int, percent: float) -> int:
         return 0
     remove = int(math.floor(n_channels * percent + 0.5))
     return max(0, min(remove, n_channels - 1))
-
-
-def empty_report(framework: str, percent: float) -> dict[str, Any]:
-    """Return the report skeleton both engines fill in.
-
-    ``layers`` holds one entry per layer with output channels::
-
-        {"name": "conv1", "type": "Conv2D", "channels_before": 32,
-         "channels_after": 19, "status": "pruned", "reason": None}
-
-    ``status`` is one of ``pruned``, ``omitted`` (named in ``ommitted``),
-    ``output`` (a model output, never pruned), ``unsupported`` (left whole,
-    ``reason`` says why) or ``unchanged`` (nothing to remove).
-    """
-    return {
-        "framework": framework,
-        "percent": percent,
-        "rule": "remove round(n * percent) channels per group, keep at least one",
-        "layers": [],
-        "params_before": None,
-        "params_after": None,
-        "macs_before": None,
-        "macs_after": None,
-        "file_size_before": None,
-        "file_size_after": None,
-        "timings": {},
-        "warnings": [],
-    }
-
-
-class Engine(ABC):
-    """A framework-specific L1-norm filter pruner.
-
-    Implementations go load -> analyse (channel-dependency graph) -> score (L1)
-    -> choose -> rewrite -> save -> report, and import their framework inside
-    their own module so that importing :mod:`edgeai.pruning` stays cheap.
-    """
-
-    framework: str = ""
-
-    def warm_up(self) -> None:  # noqa: B027 - optional hook, a no-op by default
-        """Import the framework ahead of a job (called in a spare child process)."""
-
-    def untrusted_code(self, job: PruneJob) -> str | None:
-        """What in ``job``'s inputs would run as code once loaded (a class file, a
-        SavedModel graph, a pickle), in words for the user; None if nothing would.
-
-        Called in the server (it must not import the framework): such a job runs
-        only in a child with every sandbox wall in force.
-        """
-        return None
-
-    @abstractmethod
-    def prune(self, job: PruneJob) -> PruneResult:
-        """Prune ``job``'s model, write the artifact, return the result.
-
-        Raises :class:`PruningError` for anything the user can fix.
-        """

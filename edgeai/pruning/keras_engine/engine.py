@@ -1,17 +1,41 @@
-"""``KerasPruner``: inspect, load, trace, score, rewrite, save, report."""
+"""``KerasPruner``: the Keras steps of the pipeline.
+
+TensorFlow and Keras are imported inside the methods, so the server can read
+:data:`SPEC` and call :meth:`KerasPruner.untrusted_code` without importing them.
+"""
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
+from typing import Any
 
-from edgeai.pruning.base import Engine, PruneJob, PruneResult, PruningError, empty_report
+import numpy as np
+
+from edgeai.pruning.base import PruneJob, PruningError
+from edgeai.pruning.pipeline import Analysis, Engine, Loaded, Plan
+from edgeai.pruning.report import JobReport
+from edgeai.pruning.spec import COMMON_PARAMS, EngineSpec, FileRole
+
+SPEC = EngineSpec(
+    name="tensorflow", endpoint="tf_prune",
+    summary="Submit a Keras model (h5, keras, or a zipped SavedModel) for pruning.",
+    params=COMMON_PARAMS,
+    files=(FileRole("model", (".h5", ".hdf5", ".keras", ".zip"),
+                    "The Keras model: .h5, .keras, or .zip of a SavedModel directory or of a "
+                    ".keras file"),),
+    downloads=("model",),
+    download_help="model: the pruned model, in the format uploaded")
+
+# Unknown sizes in a model's input shape get this many elements in the check batch.
+FREE_DIMENSION = 32
 
 
 class KerasPruner(Engine):
-    """L1-norm filter pruning for Keras 3 Sequential and functional models."""
+    """L1-norm filter pruning of Keras 3 functional and Sequential models."""
 
-    framework = "tensorflow"
+    spec = SPEC
+    separator = "/"
+    channel_axis = -1
 
     def warm_up(self) -> None:
         """Import TensorFlow and Keras before a job arrives (the slow part of a job)."""
@@ -50,77 +74,118 @@ class KerasPruner(Engine):
             return "a dataset"
         return None
 
-    def prune(self, job: PruneJob) -> PruneResult:
-        """Prune the uploaded Keras model; raises PruningError with the reason."""
+    # -- load, analyse, rewrite ---------------------------------------------
+    def load(self, job: PruneJob, workdir: Path) -> Loaded:
         from edgeai.pruning.keras_engine import loading
-        from edgeai.pruning.keras_engine.graph import build_graph, is_producer, producer_width
-        from edgeai.pruning.keras_engine.report import count_macs, summary_text
-        from edgeai.pruning.keras_engine.rewrite import iterate_layers, plan_pruning, rewrite_model
 
-        report = empty_report("tensorflow", job.percent)
-        timings = report["timings"]
-        workdir = Path(job.output_dir).parent
-        client_name = job.input_names.get("model", "model.h5")
+        file = loading.load(job.inputs["model"], job.input_names.get("model", "model.h5"),
+                            workdir)
+        return Loaded(file.model, file)
 
-        started = time.perf_counter()
-        loaded = loading.load(job.inputs["model"], client_name, workdir)
-        model = loaded.model
-        timings["load"] = round(time.perf_counter() - started, 4)
+    def layer_names(self, loaded: Loaded) -> list[str]:
+        from edgeai.pruning.keras_engine.graph import iterate_paths
 
-        layers = list(iterate_layers(model))
-        names = {layer.name for layer in layers}
-        unknown = [name for name in job.omitted if name not in names]
-        if unknown:
-            prunable = [layer.name for layer in layers if is_producer(layer)]
-            raise PruningError(f"ommitted names layers the model does not have: "
-                               f"{', '.join(unknown)}. Layers with channels: "
-                               f"{', '.join(prunable[:60])}" + (" ..." if len(prunable) > 60
-                                                                 else "") + ".")
-        started = time.perf_counter()
+        return [path for path, _ in iterate_paths(loaded.model)]
+
+    def channel_layers(self, loaded: Loaded) -> list[str]:
+        from edgeai.pruning.keras_engine.graph import is_producer, iterate_paths
+
+        return [path for path, layer in iterate_paths(loaded.model) if is_producer(layer)]
+
+    def analyse(self, loaded: Loaded) -> Analysis:
+        from edgeai.pruning.keras_engine.analysis import analyse
+
         try:
-            graph = build_graph(model, set(job.omitted))
+            analysis, graph = analyse(loaded.model)
         except ValueError as error:
             raise PruningError(f"The model cannot be pruned: {error}.") from None
-        plan = plan_pruning(graph, job.percent)
-        timings["analyse"] = round(time.perf_counter() - started, 4)
+        loaded.extra.graph = graph
+        return analysis
 
-        paths = {id(record.layer): record.path for record in graph.records.values()}
-        producers = [layer for layer in layers if is_producer(layer)]
-        if job.percent > 0 and not plan.removed:
-            reasons = sorted({f"{name}: {why}" for name, (status, why) in
-                              plan.layer_status.items() if why})
-            raise PruningError("Nothing prunable in this model at this percent: "
-                               + ("; ".join(reasons[:12]) or "no convolution or dense layer"))
-        started = time.perf_counter()
-        pruned = rewrite_model(model, graph, plan)
-        timings["rewrite"] = round(time.perf_counter() - started, 4)
+    def _removal(self, loaded: Loaded, analysis: Analysis, plan: Plan) -> Any:
+        from edgeai.pruning.keras_engine.rewrite import Removal
 
-        new_layers = {layer.name: layer for layer in iterate_layers(pruned)}
-        for layer in producers:
-            path = paths.get(id(layer), layer.name)
-            status, why = plan.layer_status.get(path, ("unchanged", None))
-            after = new_layers.get(layer.name)
-            if status == "unchanged" and after is not None and \
-                    producer_width(after) != producer_width(layer):
-                status, why = "pruned", "follows its input channels (depthwise)"
-            report["layers"].append({
-                "name": path, "type": type(layer).__name__,
-                "channels_before": producer_width(layer),
-                "channels_after": producer_width(after) if after is not None else None,
-                "status": status, "reason": why,
-            })
-        report["params_before"] = int(model.count_params())
-        report["params_after"] = int(pruned.count_params())
-        report["macs_before"] = count_macs(model)
-        report["macs_after"] = count_macs(pruned)
-        for old, new in zip(model.outputs, pruned.outputs, strict=True):
-            if tuple(old.shape) != tuple(new.shape):
-                raise PruningError("Pruning changed an output shape; nothing was returned.")
+        roots = {group.handle[i] for group in analysis.groups
+                 for i in plan.removal.get(group.key, ())}
+        return Removal(loaded.extra.graph, roots)
 
-        started = time.perf_counter()
-        artifact = loading.save(pruned, loaded, job.output_dir, job.output_stem, workdir)
-        timings["save"] = round(time.perf_counter() - started, 4)
-        report["file_size_before"] = os.path.getsize(job.inputs["model"])
-        report["file_size_after"] = os.path.getsize(os.path.join(job.output_dir, artifact))
-        report["artifacts"] = {"model": artifact}
-        return PruneResult(artifact=artifact, message=summary_text(pruned), report=report)
+    def rewrite(self, loaded: Loaded, analysis: Analysis, plan: Plan,
+                ) -> tuple[Any, dict[str, str]]:
+        from edgeai.pruning.keras_engine.rewrite import rewrite_model
+
+        return rewrite_model(loaded.model, self._removal(loaded, analysis, plan)), {}
+
+    def mask(self, loaded: Loaded, analysis: Analysis, plan: Plan) -> Any:
+        from edgeai.pruning.keras_engine.rewrite import mask_model
+
+        return mask_model(loaded.model, self._removal(loaded, analysis, plan))
+
+    def widths(self, model: Any) -> dict[str, int]:
+        from edgeai.pruning.keras_engine.graph import is_producer, iterate_paths, producer_width
+
+        return {path: producer_width(layer) for path, layer in iterate_paths(model)
+                if is_producer(layer)}
+
+    def measure(self, model: Any, loaded: Loaded) -> tuple[int, int]:
+        from edgeai.pruning.keras_engine.report import count_macs
+
+        return int(model.count_params()), count_macs(model)
+
+    # -- running ---------------------------------------------------------------
+    def example_batch(self, loaded: Loaded, seed: int) -> Any:
+        rng = np.random.default_rng(seed)
+        batch = []
+        for tensor in loaded.model.inputs:
+            shape = [1] + [d if d is not None else FREE_DIMENSION for d in tensor.shape[1:]]
+            dtype = str(getattr(tensor, "dtype", "float32"))
+            if "int" in dtype:
+                batch.append(np.zeros(shape, dtype=dtype))
+            else:
+                batch.append(rng.normal(size=shape).astype("float32"))
+        return batch[0] if len(batch) == 1 else batch
+
+    def run_batch(self, model: Any, batch: Any) -> list[np.ndarray]:
+        return _arrays(model(batch, training=False))
+
+    def layer_outputs(self, model: Any, batch: Any, names: list[str]) -> dict[str, np.ndarray]:
+        """Outputs of the named top-level layers (nested models' layers are skipped)."""
+        import keras
+
+        try:
+            wanted = [name for name in names if "/" not in name]
+            probe = keras.Model(model.inputs, [model.get_layer(name).output for name in wanted])
+            return dict(zip(wanted, _arrays(probe(batch, training=False)), strict=True))
+        except Exception:  # noqa: BLE001 - a layer called twice has no single output
+            return {}
+
+    # -- save ------------------------------------------------------------------
+    def save(self, pruned: Any, loaded: Loaded, job: PruneJob, report: JobReport,
+             ) -> dict[str, str | None]:
+        from edgeai.pruning.keras_engine import loading
+
+        workdir = Path(job.output_dir).parent
+        return {"model": loading.save(pruned, loaded.extra, job.output_dir, job.output_stem,
+                                      workdir)}
+
+    def load_saved(self, job: PruneJob, artifacts: dict[str, str | None], pruned: Any,
+                   ) -> dict[str, Any]:
+        from edgeai.pruning.keras_engine import loading
+
+        name = artifacts["model"]
+        path = Path(job.output_dir) / name
+        return {Path(name).suffix.lstrip("."): loading.load_back(path,
+                                                                 Path(job.output_dir).parent)}
+
+    def summary(self, pruned: Any, loaded: Loaded, job: PruneJob) -> str:
+        from edgeai.pruning.keras_engine.report import summary_text
+
+        return summary_text(pruned)
+
+
+def _arrays(output: Any) -> list[np.ndarray]:
+    """A model's outputs (a tensor, a list or a dict of them) as NumPy arrays."""
+    if isinstance(output, dict):
+        return [a for key in sorted(output) for a in _arrays(output[key])]
+    if isinstance(output, (list, tuple)):
+        return [a for item in output for a in _arrays(item)]
+    return [np.asarray(output)]

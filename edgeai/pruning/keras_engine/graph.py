@@ -9,9 +9,13 @@ each producer); ``Flatten`` tiles the elements over the spatial positions (so a
 ``Dense`` after it knows which of its inputs belong to which channel); a depthwise
 convolution repeats each element ``depth_multiplier`` times. A set of elements
 that must go together is one *channel*; producers that share channels form a
-*group*, scored and pruned as one. Elements that reach a model output, an
-omitted layer, or a layer this module does not understand are *frozen*: their
-groups are left whole, and the report says why.
+*group*, scored and pruned as one. Elements that reach a model output or a layer
+this module does not understand are *frozen*: their groups are left whole, and
+the report says why.
+
+Each kind of layer is handled by one small function in :data:`HANDLERS`, tried in
+order: what channels its outputs carry given its inputs'. A layer no handler
+takes freezes the channels through it.
 """
 from __future__ import annotations
 
@@ -96,13 +100,19 @@ class UnionFind:
 
 @dataclass
 class LayerRecord:
-    """What the graph knows about one layer object (shared calls are merged)."""
+    """What the graph knows about one layer object (shared calls are merged).
+
+    ``in_map``: the elements of its (first) input; ``space``: the fresh elements of
+    a producer's output; ``out_map``: the elements its output carries (for every
+    layer: which channels it carries, for omission and exactness).
+    """
 
     layer: object
     path: str
     in_map: np.ndarray | None = None
     space: np.ndarray | None = None
     in_maps: list[np.ndarray] | None = None  # nested models: one map per input
+    out_map: np.ndarray | None = None
 
 
 @dataclass
@@ -147,7 +157,7 @@ def _layers_graph(model):  # noqa: ANN001, ANN202
     return graph._nodes_by_depth, list(graph.inputs), list(graph.outputs)
 
 
-def build_graph(model, omitted: set[str]) -> ChannelGraph:  # noqa: ANN001
+def build_graph(model) -> ChannelGraph:  # noqa: ANN001
     """Trace ``model`` into a :class:`ChannelGraph`. Raises ValueError for a model
     that is not a functional or Sequential graph (a subclassed model)."""
     graph = ChannelGraph()
@@ -161,14 +171,13 @@ def build_graph(model, omitted: set[str]) -> ChannelGraph:  # noqa: ANN001
         elements = graph.uf.make(width)
         graph.freeze(elements, "input", "model input")
         maps[id(tensor)] = elements
-    _walk(graph, model, maps, omitted, prefix="")
+    _walk(graph, model, maps, prefix="")
     for tensor in outputs:
         graph.freeze(maps.get(id(tensor)), "output", "produces a model output")
     return graph
 
 
-def _walk(graph: ChannelGraph, model, maps: dict[int, np.ndarray], omitted: set[str],
-          prefix: str) -> None:  # noqa: ANN001
+def _walk(graph: ChannelGraph, model, maps: dict[int, np.ndarray], prefix: str) -> None:  # noqa: ANN001
     nodes, inputs, _ = _layers_graph(model)
     for depth in sorted(nodes, reverse=True):
         for node in nodes[depth]:
@@ -181,7 +190,7 @@ def _walk(graph: ChannelGraph, model, maps: dict[int, np.ndarray], omitted: set[
                 # An input the walk has not reached (e.g. a constant): leave it whole.
                 in_maps = [m if m is not None else graph.uf.make(_channel_dim(t) or 1)
                            for m, t in zip(in_maps, in_tensors, strict=True)]
-            out_maps = _visit(graph, layer, node, in_maps, omitted, prefix)
+            out_maps = _visit(graph, layer, node, in_maps, prefix + layer.name)
             for tensor, elements in zip(node.outputs, out_maps, strict=True):
                 maps[id(tensor)] = elements
 
@@ -195,135 +204,201 @@ def _fresh_frozen(graph: ChannelGraph, node, name: str, reason: str) -> list[np.
     return out
 
 
-def _visit(graph: ChannelGraph, layer, node, in_maps: list[np.ndarray], omitted: set[str],
-           prefix: str) -> list[np.ndarray]:  # noqa: ANN001
-    name = prefix + layer.name
-    kind = type(layer).__name__
-    if isinstance(layer, keras.Model):
-        record = graph.record(layer, name)
-        if record.in_maps is None:
-            record.in_maps = list(in_maps)
-        else:  # a nested model called again shares its weights: tie its inputs
-            for known, new in zip(record.in_maps, in_maps, strict=False):
-                if len(known) == len(new):
-                    graph.unify(known, new)
-        inner_maps: dict[int, np.ndarray] = {}
-        _, inner_inputs, inner_outputs = _layers_graph(layer)
-        for tensor, elements in zip(inner_inputs, in_maps, strict=False):
-            inner_maps[id(tensor)] = elements
-        _walk(graph, layer, inner_maps, omitted, prefix=name + "/")
-        out = [inner_maps[id(t)] for t in inner_outputs]
-        if layer.name in omitted:
-            for elements in out:
-                graph.freeze(elements, name, "listed in ommitted")
-        return out
+@dataclass
+class Visit:
+    """One call of a layer: what a handler needs to decide its outputs' channels."""
 
-    record = graph.record(layer, name)
-    first = in_maps[0] if in_maps else None
-    channels_last = getattr(layer, "data_format", "channels_last") != "channels_first"
+    graph: ChannelGraph
+    layer: object
+    node: object
+    in_maps: list[np.ndarray]
+    name: str
+    record: LayerRecord
 
-    def remember_input() -> None:
+    @property
+    def first(self) -> np.ndarray | None:
+        return self.in_maps[0] if self.in_maps else None
+
+    @property
+    def channels_last(self) -> bool:
+        return getattr(self.layer, "data_format", "channels_last") != "channels_first"
+
+    @property
+    def rank(self) -> int:
+        return len(self.node.outputs[0].shape)
+
+    def remember_input(self) -> None:
+        """Record the input's elements; a shared layer's calls must slice alike."""
+        record, first = self.record, self.first
         if record.in_map is None:
             record.in_map = first
         elif first is not None and len(record.in_map) == len(first):
-            graph.unify(record.in_map, first)  # a shared layer: both calls slice alike
+            self.graph.unify(record.in_map, first)
 
-    if is_depthwise_grouped(layer):
-        # Conv(groups == in == out channels) is a depthwise convolution: channels
-        # pass through one to one, and filters/groups follow the input's width.
-        remember_input()
-        if layer.name in omitted:
-            graph.freeze(first, name, "listed in ommitted")
-        return [first]
+    def new_space(self, width: int) -> np.ndarray:
+        """A producer's own output elements (made once per layer object)."""
+        if self.record.space is None:
+            self.record.space = self.graph.uf.make(width)
+        return self.record.space
 
-    if is_producer(layer):
-        groups = int(getattr(layer, "groups", 1))
-        if groups > 1 and channels_last:
-            remember_input()
-            if record.space is None:
-                record.space = graph.uf.make(producer_width(layer))
-                graph.constraints.append((record.space, groups, name))
-                if layer.name in omitted:
-                    graph.freeze(record.space, name, "listed in ommitted")
-            graph.constraints.append((first, groups, name))
-            return [record.space]
-        if not channels_last:
-            why = "channels_first data format"
-            for elements in in_maps:
-                graph.freeze(elements, name, why)
-            remember_input()
-            if record.space is None:
-                record.space = graph.uf.make(producer_width(layer))
-                graph.freeze(record.space, name, why)
-            return [record.space]
-        remember_input()
-        if record.space is None:
-            record.space = graph.uf.make(producer_width(layer))
-            if layer.name in omitted:
-                graph.freeze(record.space, name, "listed in ommitted")
-        return [record.space]
+    def freeze_all(self, reason: str) -> list[np.ndarray]:
+        """Channels through this layer are kept: inputs frozen, outputs fresh and frozen."""
+        for elements in self.in_maps:
+            self.graph.freeze(elements, self.name, reason)
+        return _fresh_frozen(self.graph, self.node, self.name, reason)
 
-    if isinstance(layer, DEPTHWISE):
-        if not channels_last:
-            for elements in in_maps:
-                graph.freeze(elements, name, "channels_first data format")
-            return _fresh_frozen(graph, node, name, "channels_first data format")
-        remember_input()
-        out = np.repeat(first, int(layer.depth_multiplier))
-        if layer.name in omitted:
-            graph.freeze(out, name, "listed in ommitted")
-        return [out]
 
-    rank = len(node.outputs[0].shape)
-    if isinstance(layer, L.GroupNormalization) and layer.axis in (-1, rank - 1):
-        remember_input()
-        graph.constraints.append((first, int(layer.groups), name))
-        if layer.name in omitted:
-            graph.freeze(first, name, "listed in ommitted")
-        return [first]
+def _visit(graph: ChannelGraph, layer, node, in_maps: list[np.ndarray],  # noqa: ANN001
+           name: str) -> list[np.ndarray]:
+    visit = Visit(graph, layer, node, in_maps, name, graph.record(layer, name))
+    for matches, handle in HANDLERS:
+        if matches(visit):
+            out = handle(visit)
+            break
+    else:
+        out = visit.freeze_all(f"{type(layer).__name__} is not understood by the pruner; "
+                               "channels through it are kept")
+    if out and visit.record.out_map is None:
+        visit.record.out_map = np.concatenate(out) if len(out) > 1 else out[0]
+    return out
 
-    if isinstance(layer, PASS_THROUGH) or kind in PASS_THROUGH_NAMES or (
-            isinstance(layer, L.LayerNormalization) and _last_axis_only(layer, node)):
-        axis = getattr(layer, "axis", -1)
-        last = len(node.outputs[0].shape) - 1
-        if isinstance(layer, L.BatchNormalization) and axis not in (-1, last):
-            graph.freeze(first, name, f"normalises axis {axis}, not the channel axis")
-            return _fresh_frozen(graph, node, name, f"normalises axis {axis}")
-        remember_input()
-        if layer.name in omitted:
-            graph.freeze(first, name, "listed in ommitted")
-        return [first]
 
-    if not isinstance(layer, keras.layers.Layer) and kind in ELEMENTWISE_OPS \
-            and type(layer).__module__.startswith("keras.src.ops"):
-        return [first] if len(in_maps) == 1 else _merge(graph, node, in_maps, name)
+# -- handlers: one per kind of layer ---------------------------------------------------
+def _nested_model(visit: Visit) -> list[np.ndarray]:
+    """A model used as a layer: walk it with its inputs' elements; a second call ties."""
+    record, graph, layer = visit.record, visit.graph, visit.layer
+    if record.in_maps is None:
+        record.in_maps = list(visit.in_maps)
+    else:  # a nested model called again shares its weights: tie its inputs
+        for known, new in zip(record.in_maps, visit.in_maps, strict=False):
+            if len(known) == len(new):
+                graph.unify(known, new)
+    inner_maps: dict[int, np.ndarray] = {}
+    _, inner_inputs, inner_outputs = _layers_graph(layer)
+    for tensor, elements in zip(inner_inputs, visit.in_maps, strict=False):
+        inner_maps[id(tensor)] = elements
+    _walk(graph, layer, inner_maps, prefix=visit.name + "/")
+    return [inner_maps[id(t)] for t in inner_outputs]
 
-    if isinstance(layer, L.Reshape) and _only_unit_axes(node):
-        # (C,) <-> (1, 1, C): the channel axis stays last and keeps its order.
-        remember_input()
-        return [first]
 
-    if isinstance(layer, MERGE):
-        return _merge(graph, node, in_maps, name)
+def _depthwise_grouped_conv(visit: Visit) -> list[np.ndarray]:
+    """Conv(groups == in == out channels) is a depthwise convolution: channels pass
+    through one to one, and filters/groups follow the input's width."""
+    visit.remember_input()
+    return [visit.first]
 
-    if isinstance(layer, L.Concatenate):
-        rank = len(node.outputs[0].shape)
-        if layer.axis in (-1, rank - 1):
-            return [np.concatenate(in_maps)]
-        for other in in_maps[1:]:
-            if len(other) == len(in_maps[0]):
-                graph.unify(in_maps[0], other)
-        return [in_maps[0]]
 
-    if isinstance(layer, L.Flatten) and channels_last:
-        shape = tuple(node.input_tensors[0].shape)[1:-1]
-        if all(d is not None for d in shape):
-            return [np.tile(first, int(np.prod(shape)) if shape else 1)]
+def _producer(visit: Visit) -> list[np.ndarray]:
+    """A convolution or dense layer: fresh output channels. A grouped one constrains
+    its input and output channels to lose the same positions in every block."""
+    layer = visit.layer
+    visit.remember_input()
+    if not visit.channels_last:
+        why = "channels_first data format"
+        for elements in visit.in_maps:
+            visit.graph.freeze(elements, visit.name, why)
+        space = visit.new_space(producer_width(layer))
+        visit.graph.freeze(space, visit.name, why)
+        return [space]
+    fresh = visit.record.space is None
+    space = visit.new_space(producer_width(layer))
+    groups = int(getattr(layer, "groups", 1))
+    if groups > 1:
+        if fresh:
+            visit.graph.constraints.append((space, groups, visit.name))
+        visit.graph.constraints.append((visit.first, groups, visit.name))
+    return [space]
 
-    reason = f"{kind} is not understood by the pruner; channels through it are kept"
-    for elements in in_maps:
-        graph.freeze(elements, name, reason)
-    return _fresh_frozen(graph, node, name, reason)
+
+def _depthwise(visit: Visit) -> list[np.ndarray]:
+    """A depthwise convolution repeats each input channel ``depth_multiplier`` times."""
+    if not visit.channels_last:
+        return visit.freeze_all("channels_first data format")
+    visit.remember_input()
+    return [np.repeat(visit.first, int(visit.layer.depth_multiplier))]
+
+
+def _group_normalization(visit: Visit) -> list[np.ndarray]:
+    """Channels pass; each of its groups must lose the same positions."""
+    visit.remember_input()
+    visit.graph.constraints.append((visit.first, int(visit.layer.groups), visit.name))
+    return [visit.first]
+
+
+def _per_channel(visit: Visit) -> list[np.ndarray]:
+    """A layer that acts on each channel alone (normalisation, activation, pooling...)."""
+    axis = getattr(visit.layer, "axis", -1)
+    if isinstance(visit.layer, L.BatchNormalization) and axis not in (-1, visit.rank - 1):
+        visit.graph.freeze(visit.first, visit.name,
+                           f"normalises axis {axis}, not the channel axis")
+        return _fresh_frozen(visit.graph, visit.node, visit.name, f"normalises axis {axis}")
+    visit.remember_input()
+    return [visit.first]
+
+
+def _elementwise_op(visit: Visit) -> list[np.ndarray]:
+    """A keras.ops node (``x + y``, ``relu(x)``) acts element by element."""
+    if len(visit.in_maps) == 1:
+        return [visit.first]
+    return _merge(visit.graph, visit.node, visit.in_maps, visit.name)
+
+
+def _unit_axes_reshape(visit: Visit) -> list[np.ndarray]:
+    """(C,) <-> (1, 1, C): the channel axis stays last and keeps its order."""
+    visit.remember_input()
+    return [visit.first]
+
+
+def _merge_layer(visit: Visit) -> list[np.ndarray]:
+    return _merge(visit.graph, visit.node, visit.in_maps, visit.name)
+
+
+def _concatenate(visit: Visit) -> list[np.ndarray]:
+    """On the channel axis: the inputs' channels side by side (offsets map back to
+    each producer). On another axis: the inputs' channels are the same channels."""
+    if visit.layer.axis in (-1, visit.rank - 1):
+        return [np.concatenate(visit.in_maps)]
+    for other in visit.in_maps[1:]:
+        if len(other) == len(visit.first):
+            visit.graph.unify(visit.first, other)
+    return [visit.first]
+
+
+def _flatten(visit: Visit) -> list[np.ndarray]:
+    """(H, W, C) -> H*W*C: each channel's elements tiled over the positions."""
+    shape = tuple(visit.node.input_tensors[0].shape)[1:-1]
+    if not all(d is not None for d in shape):
+        return visit.freeze_all("Flatten of an input with unknown spatial size")
+    return [np.tile(visit.first, int(np.prod(shape)) if shape else 1)]
+
+
+def _is_elementwise_op(visit: Visit) -> bool:
+    layer = visit.layer
+    return (not isinstance(layer, keras.layers.Layer) and type(layer).__name__ in ELEMENTWISE_OPS
+            and type(layer).__module__.startswith("keras.src.ops"))
+
+
+def _is_per_channel(visit: Visit) -> bool:
+    layer = visit.layer
+    return isinstance(layer, PASS_THROUGH) or type(layer).__name__ in PASS_THROUGH_NAMES or (
+        isinstance(layer, L.LayerNormalization) and _last_axis_only(layer, visit.node))
+
+
+# Tried in order; the first that matches a layer decides its outputs' channels.
+HANDLERS = [
+    (lambda v: isinstance(v.layer, keras.Model), _nested_model),
+    (lambda v: is_depthwise_grouped(v.layer), _depthwise_grouped_conv),
+    (lambda v: is_producer(v.layer), _producer),
+    (lambda v: isinstance(v.layer, DEPTHWISE), _depthwise),
+    (lambda v: isinstance(v.layer, L.GroupNormalization) and v.layer.axis in (-1, v.rank - 1),
+     _group_normalization),
+    (_is_per_channel, _per_channel),
+    (_is_elementwise_op, _elementwise_op),
+    (lambda v: isinstance(v.layer, L.Reshape) and _only_unit_axes(v.node), _unit_axes_reshape),
+    (lambda v: isinstance(v.layer, MERGE), _merge_layer),
+    (lambda v: isinstance(v.layer, L.Concatenate), _concatenate),
+    (lambda v: isinstance(v.layer, L.Flatten) and v.channels_last, _flatten),
+]
 
 
 def _last_axis_only(layer, node) -> bool:  # noqa: ANN001
@@ -357,3 +432,23 @@ def _only_unit_axes(node) -> bool:  # noqa: ANN001
     if not before or not after or before[-1] is None or before[-1] != after[-1]:
         return False
     return all(d == 1 for d in before[:-1]) and all(d == 1 for d in after[:-1])
+
+
+def iterate_layers(model):  # noqa: ANN001, ANN201
+    """Every layer, nested models' layers included (each object once)."""
+    for _, layer in iterate_paths(model):
+        yield layer
+
+
+def iterate_paths(model, prefix: str = ""):  # noqa: ANN001, ANN201
+    """(path, layer) for every layer, nested ones as ``outer/inner`` (each object once)."""
+    seen: set[int] = set()
+    stack = [(prefix + layer.name, layer) for layer in reversed(model.layers)]
+    while stack:
+        path, layer = stack.pop()
+        if id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        yield path, layer
+        if isinstance(layer, keras.Model):
+            stack.extend((f"{path}/{inner.name}", inner) for inner in reversed(layer.layers))

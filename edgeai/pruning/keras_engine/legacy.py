@@ -75,54 +75,6 @@ def save_as_keras2(original_h5: Path, pruned, out_path: Path) -> None:  # noqa: 
         rebuilt.save(out_path, save_format="tf")
 
 
-# Graph ops a model has no business running: files, processes, Python, summaries.
-# (SaveV2/RestoreV2/MergeV2Checkpoints stay: every SavedModel restores its own
-# variables with them.)
-FORBIDDEN_OPS = {
-    "ReadFile", "WriteFile", "MatchingFiles", "DeleteFile", "PyFunc", "PyFuncStateless",
-    "EagerPyFunc", "ImmutableConst", "Save", "SaveSlices", "Restore", "RestoreSlice",
-    "ShardedFilespec", "WholeFileReader", "WholeFileReaderV2", "TextLineReader",
-    "TextLineReaderV2", "FixedLengthRecordReader", "FixedLengthRecordReaderV2",
-    "TFRecordReader", "TFRecordReaderV2", "LMDBReader", "IdentityReader", "IdentityReaderV2",
-    "ReaderReadV2", "CreateSummaryFileWriter", "WriteSummary", "WriteScalarSummary",
-    "WriteHistogramSummary", "WriteImageSummary", "WriteAudioSummary", "WriteGraphSummary",
-    "WriteRawProtoSummary", "DebugIdentity", "DebugIdentityV2", "DebugNumericSummary",
-    "Copy", "CopyHost",
-}
-
-
-def check_saved_model_ops(saved_model_dir: Path) -> None:
-    """Refuse a SavedModel whose graphs use file, Python or summary ops, or print to a file.
-
-    Raises UnsafeInputError naming the op.
-    """
-    from tensorflow.core.protobuf import saved_model_pb2
-
-    from edgeai.pruning.base import PruningError, UnsafeInputError
-
-    proto = saved_model_pb2.SavedModel()
-    try:
-        proto.ParseFromString((saved_model_dir / "saved_model.pb").read_bytes())
-    except Exception:  # noqa: BLE001 - protobuf's DecodeError and kin
-        raise PruningError("saved_model.pb is not a valid SavedModel.") from None
-    for meta in proto.meta_graphs:
-        nodes = list(meta.graph_def.node)
-        for function in meta.graph_def.library.function:
-            nodes.extend(function.node_def)
-        for node in nodes:
-            op = node.op
-            if op in FORBIDDEN_OPS or "Dataset" in op or op.endswith("Reader"):
-                raise UnsafeInputError(f"The SavedModel's graph uses the op {op} (node "
-                                       f"{node.name[:80]}), which reads or writes files or runs "
-                                       "Python; it is refused.")
-            if op == "PrintV2":
-                stream = node.attr["output_stream"].s.decode(errors="replace")
-                if stream not in ("stderr", "stdout", "log(info)", "log(warning)",
-                                  "log(error)"):
-                    raise UnsafeInputError(f"The SavedModel prints to {stream[:80]!r}; refused.")
-
-
-
 def _iterate_tf_keras(model):  # noqa: ANN001, ANN202
     for layer in model.layers:
         yield layer

@@ -6,6 +6,7 @@ import shutil
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from edgeai.pruning.base import PruningError
 from edgeai.pruning.keras_engine import inspection, legacy
@@ -14,16 +15,17 @@ FORMATS = (".h5", ".hdf5", ".keras", ".zip")
 
 
 @dataclass
-class Loaded:
+class KerasFile:
     """A loaded model and how to write it back."""
 
     model: object
     kind: str  # "keras", "h5", "zip-keras", "zip-savedmodel"
     compile_config: dict | None
     source: Path | None = None
+    graph: Any = None  # the engine's channel graph, once analysed
 
 
-def load(path: str, client_name: str, workdir: Path) -> Loaded:
+def load(path: str, client_name: str, workdir: Path) -> KerasFile:
     """Inspect, then load ``path`` by the extension of ``client_name``.
 
     Raises PruningError (UnsafeInputError for refused content) with the formats
@@ -62,12 +64,12 @@ def load(path: str, client_name: str, workdir: Path) -> Loaded:
     return loaded
 
 
-def _load_saved_model(directory: Path, workdir: Path) -> Loaded:
+def _load_saved_model(directory: Path, workdir: Path) -> KerasFile:
     """A Keras 2 SavedModel: ops checked, loaded by tf_keras, handed to Keras 3 as an .h5.
 
     The SavedModel's own Keras config is then inspected like any .h5's.
     """
-    legacy.check_saved_model_ops(directory)
+    inspection.check_saved_model_ops(directory)
     if not (directory / "keras_metadata.pb").is_file():
         raise PruningError("The SavedModel was not written by Keras (no keras_metadata.pb); "
                            "only Keras models can be pruned.")
@@ -86,7 +88,7 @@ def _load_saved_model(directory: Path, workdir: Path) -> Loaded:
     return loaded
 
 
-def _load_keras3(path: Path, kind: str) -> Loaded:
+def _load_keras3(path: Path, kind: str) -> KerasFile:
     import keras
 
     try:
@@ -103,10 +105,10 @@ def _load_keras3(path: Path, kind: str) -> Loaded:
             compile_config = model.get_compile_config()
         except Exception:  # noqa: BLE001 - compile settings are best effort
             compile_config = None
-    return Loaded(model, kind, compile_config)
+    return KerasFile(model, kind, compile_config)
 
 
-def save(model, loaded: Loaded, out_dir: str, stem: str, workdir: Path) -> str:  # noqa: ANN001
+def save(model, loaded: KerasFile, out_dir: str, stem: str, workdir: Path) -> str:  # noqa: ANN001
     """Write ``model`` in the uploaded format; return the artifact's file name."""
     if loaded.compile_config:
         try:
@@ -139,3 +141,31 @@ def save(model, loaded: Loaded, out_dir: str, stem: str, workdir: Path) -> str: 
             archive.write(inner, stem + ".keras")
     shutil.rmtree(workdir / "unpacked", ignore_errors=True)
     return name
+
+
+def load_back(path: Path, workdir: Path) -> Any:
+    """A saved artifact loaded the way its user loads it: ``keras.models.load_model``
+    for Keras 3 files, ``tf_keras.models.load_model`` for Keras 2 ones (an .h5, or the
+    SavedModel inside a .zip). Training configuration is not compiled."""
+    import keras
+
+    suffix = path.suffix.lower()
+    if suffix == ".keras":
+        return keras.saving.load_model(path, compile=False)
+    if suffix == ".h5":
+        if legacy.written_by_keras2(path):
+            import tf_keras
+
+            return tf_keras.models.load_model(path, compile=False)
+        return keras.saving.load_model(path, compile=False)
+    unpacked = workdir / "round-trip"
+    shutil.rmtree(unpacked, ignore_errors=True)
+    unpacked.mkdir()
+    files = inspection.safe_extract(path, unpacked)
+    inner = [f for f in files if f.suffix == ".keras"]
+    if inner:
+        return keras.saving.load_model(inner[0], compile=False)
+    import tf_keras
+
+    saved = next(f.parent for f in files if f.name == "saved_model.pb")
+    return tf_keras.models.load_model(saved, compile=False)

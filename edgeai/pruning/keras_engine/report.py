@@ -5,8 +5,7 @@ import math
 
 import keras
 
-from edgeai.pruning.keras_engine.graph import CONV, CONV_T, DEPTHWISE, SEPARABLE
-from edgeai.pruning.keras_engine.rewrite import iterate_layers
+from edgeai.pruning.keras_engine.graph import CONV, CONV_T, DEPTHWISE, SEPARABLE, iterate_layers
 
 L = keras.layers
 

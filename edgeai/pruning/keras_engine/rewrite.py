@@ -1,21 +1,17 @@
-"""Choosing channels by L1 norm and rewriting the model without them.
+"""Rewriting a Keras model without the removed channels, and masking the original.
 
-Groups are found from the :class:`ChannelGraph`: producers whose elements share
-a channel are one group. Each channel's score is the summed L1 norm of the
-filters that produce it (kernel weights, not biases, as in Li et al.); the
-lowest ``channels_to_remove(n, percent)`` channels of every unfrozen group go.
-The model is then cloned with the reduced ``filters``/``units`` and every layer
-gets its weights sliced from the original.
+The model is cloned with the reduced ``filters``/``units`` and every layer gets
+its weights sliced from the original. Masking (for the exactness check) runs the
+same per-layer code with zeroing in place of slicing, so the two cannot disagree
+on which weights belong to a channel.
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
+from collections.abc import Callable
 
 import keras
 import numpy as np
 
-from edgeai.pruning.base import channels_to_remove
 from edgeai.pruning.keras_engine.graph import (
     CONV_T,
     DEPTHWISE,
@@ -23,149 +19,51 @@ from edgeai.pruning.keras_engine.graph import (
     ChannelGraph,
     is_depthwise_grouped,
     is_producer,
+    iterate_layers,
     producer_width,
 )
 
 L = keras.layers
 
 
-@dataclass
-class Plan:
-    """Which channel roots are removed, and what happened to each producer."""
+class Removal:
+    """The channel roots a plan removes; which elements survive."""
 
-    removed: set[int] = field(default_factory=set)
-    layer_status: dict[str, tuple[str, str | None]] = field(default_factory=dict)
+    def __init__(self, graph: ChannelGraph, roots: set[int]):
+        self.graph = graph
+        self.roots = np.fromiter(roots, dtype=np.int64) if roots else None
 
-    def alive(self, graph: ChannelGraph, elements: np.ndarray) -> np.ndarray:
+    def alive(self, elements: np.ndarray) -> np.ndarray:
         """Boolean mask: which of ``elements`` survive."""
-        if not self.removed:
+        if self.roots is None:
             return np.ones(len(elements), dtype=bool)
-        roots = graph.uf.roots(elements)
-        return ~np.isin(roots, np.fromiter(self.removed, dtype=np.int64))
+        return ~np.isin(self.graph.uf.roots(elements), self.roots)
 
 
-def filter_l1(layer) -> np.ndarray:  # noqa: ANN001
-    """L1 norm of each output filter's kernel (one value per output channel)."""
-    if isinstance(layer, SEPARABLE):
-        kernel = np.abs(layer.pointwise_kernel.numpy())
-    else:
-        kernel = np.abs(layer.kernel.numpy())
-    if isinstance(layer, CONV_T):  # kernel [..., out, in]
-        return kernel.sum(axis=tuple(i for i in range(kernel.ndim) if i != kernel.ndim - 2))
-    return kernel.reshape(-1, kernel.shape[-1]).sum(axis=0)
+Cut = Callable[[np.ndarray, int, np.ndarray], np.ndarray]
 
 
-def plan_pruning(graph: ChannelGraph, percent: float) -> Plan:
-    """Pick the channels to remove in every group that is not frozen."""
-    uf = graph.uf
-    plan = Plan()
-    producers = [r for r in (graph.records[k] for k in graph.order)
-                 if r.space is not None and is_producer(r.layer)]
-    # Group producers that share a channel (union-find over producers).
-    owner: dict[int, int] = {}
-    parent = list(range(len(producers)))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    roots_of = []
-    for index, record in enumerate(producers):
-        roots = uf.roots(record.space)
-        roots_of.append(roots)
-        for root in set(roots.tolist()):
-            if root in owner:
-                a, b = find(owner[root]), find(index)
-                parent[max(a, b)] = min(a, b)
-            else:
-                owner[root] = index
-    frozen: dict[int, str] = {}
-    for elements, name, reason in graph.frozen:
-        for root in uf.roots(elements).tolist():
-            frozen.setdefault(root, f"{reason} ({name})" if name not in ("input", "output")
-                              else reason)
-    groups: dict[int, list[int]] = {}
-    for index in range(len(producers)):
-        groups.setdefault(find(index), []).append(index)
-    for members in groups.values():
-        channel_roots = sorted({r for i in members for r in roots_of[i].tolist()})
-        names = [producers[i].path for i in members]
-        why = next((frozen[r] for r in channel_roots if r in frozen), None)
-        if why is not None:
-            status = ("output" if why == "produces a model output"
-                      else "omitted" if why.startswith("listed in ommitted") else "unsupported")
-            for name in names:
-                plan.layer_status[name] = (status, why)
-            continue
-        scores = dict.fromkeys(channel_roots, 0.0)
-        for i in members:
-            l1 = filter_l1(producers[i].layer)
-            for root, value in zip(roots_of[i].tolist(), l1.tolist(), strict=True):
-                scores[root] += value
-        layout = _channel_layout(graph, channel_roots)
-        if isinstance(layout, str):
-            for name in names:
-                plan.layer_status[name] = ("unsupported", layout)
-            continue
-        if layout is None:
-            remove = channels_to_remove(len(channel_roots), percent)
-            ranked = sorted(channel_roots, key=lambda r: (scores[r], r))
-            chosen = ranked[:remove]
-        else:
-            # Same positions out of every channel block of a grouped layer; the
-            # rule applies per block. Scores of a position are summed over blocks.
-            ordered, parts = layout
-            per = len(ordered) // parts
-            remove = channels_to_remove(per, percent)
-            position_score = [sum(scores[ordered[b * per + p]] for b in range(parts))
-                              for p in range(per)]
-            positions = sorted(range(per), key=lambda p: (position_score[p], p))[:remove]
-            chosen = [ordered[b * per + p] for b in range(parts) for p in positions]
-        if not chosen:
-            for name in names:
-                plan.layer_status[name] = ("unchanged", None)
-            continue
-        plan.removed.update(chosen)
-        for name in names:
-            plan.layer_status[name] = ("pruned", None)
-    return plan
-
-
-def _channel_layout(graph: ChannelGraph, channel_roots: list[int]):  # noqa: ANN202
-    """None if no grouped layer constrains these channels; else (channels in block order,
-    parts); or a reason string when the constraints cannot be met together."""
-    wanted = set(channel_roots)
-    layout = None
-    for elements, parts, name in graph.constraints:
-        roots = graph.uf.roots(elements).tolist()
-        if not wanted.intersection(roots):
-            continue
-        if set(roots) != wanted or len(roots) != len(wanted) or len(roots) % parts:
-            return f"channels reach the grouped layer {name} mixed with others"
-        if layout is None:
-            layout = (roots, parts)
-        elif layout[0] != roots:
-            return f"grouped layers order these channels differently ({name})"
-        else:
-            layout = (roots, math.lcm(layout[1], parts))
-            if len(roots) % layout[1]:
-                return f"{len(roots)} channels do not split into {layout[1]} groups ({name})"
-    return layout
-
-
-def _slice(array: np.ndarray, axis: int, keep: np.ndarray) -> np.ndarray:
+def slice_out(array: np.ndarray, axis: int, keep: np.ndarray) -> np.ndarray:
+    """Keep only the ``keep`` entries along ``axis`` (the rewrite)."""
     return np.compress(keep, array, axis=axis)
 
 
-def sliced_weights(layer, record, graph: ChannelGraph, plan: Plan) -> list[np.ndarray] | None:  # noqa: ANN001
-    """The layer's weights with removed channels cut out, or None to keep them as they are."""
+def zero_out(array: np.ndarray, axis: int, keep: np.ndarray) -> np.ndarray:
+    """Zero the entries along ``axis`` that ``keep`` drops (the mask)."""
+    shape = [1] * array.ndim
+    shape[axis] = len(keep)
+    return np.where(keep.reshape(shape), array, 0).astype(array.dtype)
+
+
+def sliced_weights(layer, record, removal: Removal, _slice: Cut = slice_out,  # noqa: ANN001
+                   ) -> list[np.ndarray] | None:
+    """The layer's weights with removed channels cut out (or zeroed, with ``zero_out``),
+    or None to keep them as they are."""
     weights = [w.numpy() for w in layer.weights]
     if not weights or record is None:
         return None
-    in_keep = plan.alive(graph, record.in_map) if record.in_map is not None else None
-    out_keep = plan.alive(graph, record.space) if record.space is not None else None
+    in_keep = removal.alive(record.in_map) if record.in_map is not None else None
+    out_keep = removal.alive(record.space) if record.space is not None else None
     if is_depthwise_grouped(layer):
         kernel, *rest = weights
         return [_slice(kernel, -1, in_keep)] + [_slice(b, 0, in_keep) for b in rest]
@@ -175,7 +73,14 @@ def sliced_weights(layer, record, graph: ChannelGraph, plan: Plan) -> list[np.nd
         groups = int(layer.groups)
         kernel, *rest = weights
         block = in_keep.reshape(groups, -1)[0]
-        kernel = _slice(_slice(kernel, -2, block), -1, out_keep)
+        if _slice is zero_out:  # zero an input only in the block that reads it
+            per_out = kernel.shape[-1] // groups
+            kernel = kernel.copy()
+            for g, keep in enumerate(in_keep.reshape(groups, -1)):
+                kernel[..., ~keep, g * per_out:(g + 1) * per_out] = 0
+            kernel = _slice(kernel, -1, out_keep)
+        else:
+            kernel = _slice(_slice(kernel, -2, block), -1, out_keep)
         return [kernel] + [_slice(b, 0, out_keep) for b in rest]
     if isinstance(layer, SEPARABLE):
         mult = int(layer.depth_multiplier)
@@ -204,13 +109,29 @@ def sliced_weights(layer, record, graph: ChannelGraph, plan: Plan) -> list[np.nd
     return None
 
 
-def rewrite_model(model, graph: ChannelGraph, plan: Plan):  # noqa: ANN001, ANN201
+def mask_model(model, removal: Removal):  # noqa: ANN001, ANN201
+    """Zero, in ``model`` itself, every weight that reads or writes a removed channel."""
+    for layer in iterate_layers(model):
+        record = removal.graph.records.get(id(layer))
+        if isinstance(layer, keras.Model) or not layer.weights or record is None:
+            continue
+        touched = [m for m in (record.in_map, record.space) if m is not None]
+        if not any((~removal.alive(m)).any() for m in touched):
+            continue
+        weights = sliced_weights(layer, record, removal, zero_out)
+        if weights is not None:
+            layer.set_weights(weights)
+    return model
+
+
+def rewrite_model(model, removal: Removal):  # noqa: ANN001, ANN201
     """Clone ``model`` with the reduced widths and sliced weights; returns the new model."""
+    graph = removal.graph
     records = graph.records
     new_width: dict[int, int] = {}
     for key, record in records.items():
         if record.space is not None and is_producer(record.layer):
-            new_width[key] = int(plan.alive(graph, record.space).sum())
+            new_width[key] = int(removal.alive(record.space).sum())
     originals: dict[str, object] = {}
 
     def clone_layer(layer):  # noqa: ANN001, ANN202
@@ -219,13 +140,13 @@ def rewrite_model(model, graph: ChannelGraph, plan: Plan):  # noqa: ANN001, ANN2
         config = layer.get_config()
         record = records.get(id(layer))
         if isinstance(layer, L.Reshape) and record is not None and record.in_map is not None:
-            alive = int(plan.alive(graph, record.in_map).sum())
+            alive = int(removal.alive(record.in_map).sum())
             config["target_shape"] = tuple(config["target_shape"][:-1]) + (alive,)
         if type(layer).__name__ == "LayerScale" and record is not None \
                 and record.in_map is not None and "projection_dim" in config:
-            config["projection_dim"] = int(plan.alive(graph, record.in_map).sum())
+            config["projection_dim"] = int(removal.alive(record.in_map).sum())
         if is_depthwise_grouped(layer) and record is not None and record.in_map is not None:
-            alive = int(plan.alive(graph, record.in_map).sum())
+            alive = int(removal.alive(record.in_map).sum())
             config["filters"] = config["groups"] = alive
         width = new_width.get(id(layer))
         if width is not None and width != producer_width(layer):
@@ -252,7 +173,7 @@ def rewrite_model(model, graph: ChannelGraph, plan: Plan):  # noqa: ANN001, ANN2
         for index, tensor in enumerate(inner.inputs):
             shape = tuple(tensor.shape)[1:]
             if record is not None and record.in_maps and index < len(record.in_maps):
-                shape = shape[:-1] + (int(plan.alive(graph, record.in_maps[index]).sum()),)
+                shape = shape[:-1] + (int(removal.alive(record.in_maps[index]).sum()),)
             inputs.append(keras.Input(shape=shape, dtype=tensor.dtype))
         clone = keras.models.clone_model(inner, input_tensors=inputs if len(inputs) > 1
                                          else inputs[0], clone_function=clone_layer)
@@ -264,20 +185,6 @@ def rewrite_model(model, graph: ChannelGraph, plan: Plan):  # noqa: ANN001, ANN2
         old = originals.get(id(new_layer))
         if old is None or not old.weights or isinstance(old, keras.Model):
             continue  # a nested model's weights are its layers', set one by one
-        weights = sliced_weights(old, records.get(id(old)), graph, plan)
+        weights = sliced_weights(old, records.get(id(old)), removal)
         new_layer.set_weights(weights if weights is not None else old.get_weights())
     return rebuilt
-
-
-def iterate_layers(model):  # noqa: ANN001, ANN201
-    """Every layer, nested models' layers included (each object once)."""
-    seen = set()
-    stack = list(reversed(model.layers))
-    while stack:
-        layer = stack.pop()
-        if id(layer) in seen:
-            continue
-        seen.add(id(layer))
-        yield layer
-        if isinstance(layer, keras.Model):
-            stack.extend(reversed(layer.layers))

@@ -1,31 +1,79 @@
-"""``TorchPruner``: the guide's four PyTorch inputs in, a pruned model out."""
+"""``TorchPruner``: the PyTorch steps of the pipeline (the guide's four inputs).
+
+torch is imported inside the methods, so the server can read :data:`SPEC` and call
+:meth:`TorchPruner.untrusted_code` without importing it.
+"""
 from __future__ import annotations
 
 import os
-import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-from edgeai.pruning.base import Engine, PruneJob, PruneResult, PruningError, empty_report
+import numpy as np
+
+from edgeai.pruning.base import PruneJob, PruningError
+from edgeai.pruning.pipeline import Analysis, Engine, Loaded, Plan
+from edgeai.pruning.report import JobReport
+from edgeai.pruning.spec import (
+    COMMON_PARAMS,
+    EngineSpec,
+    FileRole,
+    Param,
+    parse_class_name,
+    parse_input_size,
+)
 
 MAX_EVAL_SAMPLES = 256
+
+SPEC = EngineSpec(
+    name="pytorch", endpoint="pt_prune",
+    summary="Submit a PyTorch state_dict with its class file for pruning.",
+    params=(*COMMON_PARAMS,
+            Param("input_size", "Shape of one input without the batch dimension, e.g. 1,28,28",
+                  parse_input_size, required=True, example="1,28,28"),
+            Param("model_name", "The class in class_def to build with no arguments",
+                  parse_class_name, default="Net", example="Net")),
+    files=(FileRole("weights", (".pth", ".pt", ".bin", ".safetensors"),
+                    "state_dict saved with torch.save (.pth/.pt) or .safetensors"),
+           FileRole("class_def", (".py",), "Standalone .py file defining the model class "
+                                           "(torch only)"),
+           FileRole("dataset", (".pth", ".pt", ".npz"),
+                    "Optional sample data: torch.save(DataLoader of a TensorDataset), a "
+                    "tensor, an (x, y) tuple, or .npz; used to report accuracy",
+                    required=False)),
+    downloads=("model", "state_dict", "pt2"),
+    download_help="model (default: torch.save((model, info))), state_dict (weights and the "
+                  "new layer sizes, loads with weights_only=True) or pt2 (a torch.export "
+                  "program, no class file needed)")
+
+
+@dataclass
+class TorchModel:
+    """What the engine keeps beside the loaded ``nn.Module``."""
+
+    input_size: list[int]
+    model_name: str
+    example: Any  # a torch.Tensor of one sample
 
 
 class TorchPruner(Engine):
     """L1-norm filter pruning of an ``nn.Module`` built from the user's class file."""
 
-    framework = "pytorch"
+    spec = SPEC
+    separator = "."
+    channel_axis = 1
 
     def warm_up(self) -> None:
         """Import torch, torch-pruning and torchsummary before a job arrives."""
         import torch
-        import torch_pruning  # noqa: F401
+        import torch_pruning as tp
         import torchsummary  # noqa: F401
 
         torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
         # The first torch.export and dependency-graph trace in a process are slow;
         # pay for them here, on a tiny model, instead of in the first job.
         import tempfile
-
-        import torch_pruning as tp
 
         tiny = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(),
                                    torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 2)).eval()
@@ -39,26 +87,15 @@ class TorchPruner(Engine):
         """The class file is Python that runs to build the model."""
         return "a class file (Python code)"
 
-    def prune(self, job: PruneJob) -> PruneResult:
-        """Load, prune, verify, save and report; raises PruningError with the reason."""
+    # -- load ----------------------------------------------------------------
+    def load(self, job: PruneJob, workdir: Path) -> Loaded:
+        """Check and import the class file, build the model, load the weights."""
         import torch
 
         from edgeai.pruning.torch_engine import classfile, loading
-        from edgeai.pruning.torch_engine.dataset import load_dataset
-        from edgeai.pruning.torch_engine.pruner import PRODUCERS, prune_model
-        from edgeai.pruning.torch_engine.report import (
-            count_params_macs,
-            evaluate,
-            export_program,
-            summary_text,
-        )
 
-        report = empty_report("pytorch", job.percent)
-        timings = report["timings"]
-        started = time.perf_counter()
-        options = job.options
-        model_name = options.get("model_name") or "Net"
-        input_size = _input_size(options.get("input_size"))
+        model_name = job.options.get("model_name") or "Net"
+        input_size = _input_size(job.options.get("input_size"))
         module_name = classfile.module_name_for(job.input_names.get("class_def", "model.py"))
         module = classfile.import_class_file(job.inputs["class_def"], module_name)
         model = loading.build_model(module, model_name)
@@ -69,96 +106,142 @@ class TorchPruner(Engine):
         example = torch.randn(1, *input_size)
         try:
             with torch.no_grad():
-                reference = model(example)
+                model(example)
         except Exception as error:  # noqa: BLE001
             raise PruningError(f"input_size={','.join(map(str, input_size))} does not fit "
                                f"{model_name}: {type(error).__name__}: {error}") from None
-        valid = [name for name, m in model.named_modules() if name]
-        unknown = [name for name in job.omitted if name not in valid]
-        if unknown:
-            prunable = [n for n, m in model.named_modules() if isinstance(m, PRODUCERS)]
-            raise PruningError(f"ommitted names layers that {model_name} does not have: "
-                               f"{', '.join(unknown)}. Layers with channels: "
-                               f"{', '.join(prunable[:60])}" + (" ..." if len(prunable) > 60
-                                                                 else "") + ".")
-        samples = labels = None
-        if "dataset" in job.inputs:
-            samples, labels = load_dataset(job.inputs["dataset"],
-                                           job.input_names.get("dataset", "dataset.pth"))
-            samples = samples[:MAX_EVAL_SAMPLES].float()
-            labels = labels[:MAX_EVAL_SAMPLES] if labels is not None else None
-            if labels is not None and labels.dim() == 2 and labels.shape[1] > 1:
-                labels = labels.argmax(dim=1)  # one-hot labels
-            if labels is not None and labels.shape != (len(samples),):
-                report["warnings"].append(f"dataset labels have shape {list(labels.shape)}, "
-                                          "not one class per sample; accuracy not measured")
-                labels = None
-            if list(samples.shape[1:]) != input_size:
-                raise PruningError(f"dataset samples have shape {list(samples.shape[1:])}, but "
-                                   f"input_size is {input_size}.")
-            report["accuracy_before"] = evaluate(model, samples, labels)
-        report["params_before"], report["macs_before"] = count_params_macs(model, example)
-        report["file_size_before"] = os.path.getsize(job.inputs["weights"])
-        timings["load"] = round(time.perf_counter() - started, 4)
+        return Loaded(model, TorchModel(input_size, model_name, example))
 
-        started = time.perf_counter()
+    def primary_input(self, job: PruneJob) -> str:
+        return job.inputs["weights"]
+
+    def layer_names(self, loaded: Loaded) -> list[str]:
+        return [name for name, _ in loaded.model.named_modules() if name]
+
+    def channel_layers(self, loaded: Loaded) -> list[str]:
+        from edgeai.pruning.torch_engine.pruner import PRODUCERS
+
+        return [name for name, module in loaded.model.named_modules()
+                if isinstance(module, PRODUCERS)]
+
+    def load_data(self, job: PruneJob, loaded: Loaded, report: JobReport) -> Any:
+        """The optional dataset, as (samples, labels or None); None without one."""
+        if "dataset" not in job.inputs:
+            return None
+        from edgeai.pruning.torch_engine.dataset import load_dataset
+
+        samples, labels = load_dataset(job.inputs["dataset"],
+                                       job.input_names.get("dataset", "dataset.pth"))
+        samples = samples[:MAX_EVAL_SAMPLES].float()
+        labels = labels[:MAX_EVAL_SAMPLES] if labels is not None else None
+        if labels is not None and labels.dim() == 2 and labels.shape[1] > 1:
+            labels = labels.argmax(dim=1)  # one-hot labels
+        if labels is not None and labels.shape != (len(samples),):
+            report.warnings.append(f"dataset labels have shape {list(labels.shape)}, not one "
+                                   "class per sample; accuracy not measured")
+            labels = None
+        if list(samples.shape[1:]) != loaded.extra.input_size:
+            raise PruningError(f"dataset samples have shape {list(samples.shape[1:])}, but "
+                               f"input_size is {loaded.extra.input_size}.")
+        return samples, labels
+
+    def evaluate(self, model: Any, data: Any) -> float | None:
+        from edgeai.pruning.torch_engine.report import evaluate
+
+        return evaluate(model, *data)
+
+    # -- analyse, rewrite, mask ------------------------------------------------
+    def analyse(self, loaded: Loaded) -> Analysis:
+        from edgeai.pruning.torch_engine import pruner
+
         try:
-            outcome = prune_model(model, example, job.percent, _with_children(model, job.omitted))
+            return pruner.analyse(loaded.model, loaded.extra.example)
         except PruningError:
             raise
         except Exception as error:  # noqa: BLE001 - tracing failed
             raise PruningError(f"The model could not be traced for pruning: "
                                f"{type(error).__name__}: {error}") from None
-        timings["analyse"] = round(outcome.analyse_seconds, 4)
-        timings["rewrite"] = round(time.perf_counter() - started - outcome.analyse_seconds, 4)
-        report["layers"] = [vars(layer) for layer in outcome.layers.values()]
-        report["warnings"].extend(outcome.warnings)
-        layers = list(outcome.layers.values())
-        if job.percent > 0 and not any(layer.status == "pruned" for layer in layers):
-            reasons = sorted({f"{layer.name}: {layer.reason}" for layer in layers
-                              if layer.reason})
-            raise PruningError("Nothing prunable in this model at this percent: "
-                               + ("; ".join(reasons[:12]) or "no convolution or linear layer"))
+
+    def rewrite(self, loaded: Loaded, analysis: Analysis, plan: Plan,
+                ) -> tuple[Any, dict[str, str]]:
+        from edgeai.pruning.torch_engine import pruner
+
+        pruned, failed = pruner.rewrite(loaded.model, loaded.extra.example, plan)
+        return pruned.eval(), failed
+
+    def mask(self, loaded: Loaded, analysis: Analysis, plan: Plan) -> Any:
+        from edgeai.pruning.torch_engine import pruner
+
+        return pruner.mask(loaded.model, loaded.extra.example, plan)
+
+    def widths(self, model: Any) -> dict[str, int]:
+        from edgeai.pruning.torch_engine import pruner
+
+        return pruner.widths(model)
+
+    def measure(self, model: Any, loaded: Loaded) -> tuple[int, int]:
+        from edgeai.pruning.torch_engine.report import count_params_macs
+
+        return count_params_macs(model, loaded.extra.example)
+
+    # -- running ---------------------------------------------------------------
+    def example_batch(self, loaded: Loaded, seed: int) -> Any:
+        import torch
+
+        generator = torch.Generator().manual_seed(seed)
+        return torch.randn(2, *loaded.extra.input_size, generator=generator)
+
+    def run_batch(self, model: Any, batch: Any) -> list[np.ndarray]:
+        import torch
+
+        try:
+            model.eval()
+        except NotImplementedError:  # a torch.export program runs as exported
+            pass
         with torch.no_grad():
-            try:
-                pruned_out = model(example)
-            except Exception as error:  # noqa: BLE001
-                raise PruningError(f"The pruned model no longer runs ({error}); nothing was "
-                                   "returned.") from None
-        if _shapes(pruned_out) != _shapes(reference):
-            raise PruningError("Pruning changed the model's output shape; nothing was returned.")
-        report["params_after"], report["macs_after"] = count_params_macs(model, example)
-        if samples is not None:
-            report["accuracy_after"] = evaluate(model, samples, labels)
+            return [tensor.detach().numpy() for tensor in _tensors(model(batch))]
 
-        started = time.perf_counter()
-        info = dict(report)
-        main = job.output_stem + ".pt"
-        torch.save((model, info), os.path.join(job.output_dir, main))
-        state_name = job.output_stem + ".state_dict.pt"
-        sizes = {name: {"in": getattr(m, "in_channels", getattr(m, "in_features", None)),
-                        "out": getattr(m, "out_channels", getattr(m, "out_features", None))}
-                 for name, m in model.named_modules() if isinstance(m, PRODUCERS)}
-        torch.save({"state_dict": model.state_dict(), "layer_sizes": sizes},
-                   os.path.join(job.output_dir, state_name))
-        pt2_name, why = export_program(model, example, job.output_dir, job.output_stem)
-        if why:
-            report["warnings"].append(f"torch.export failed, no pt2 download: {why}")
-        report["artifacts"] = {"model": main, "state_dict": state_name, "pt2": pt2_name}
-        report["file_size_after"] = os.path.getsize(os.path.join(job.output_dir, main))
-        timings["save"] = round(time.perf_counter() - started, 4)
-        message = summary_text(model, input_size)
-        return PruneResult(artifact=main, message=message, report=report)
+    def layer_outputs(self, model: Any, batch: Any, names: list[str]) -> dict[str, np.ndarray]:
+        from edgeai.pruning.torch_engine import pruner
+
+        return pruner.layer_outputs(model, batch, names)
+
+    # -- save ------------------------------------------------------------------
+    def save(self, pruned: Any, loaded: Loaded, job: PruneJob, report: JobReport,
+             ) -> dict[str, str | None]:
+        """The guide's ``(model, info)`` file, a state_dict with the layer sizes, and a
+        torch.export program where the model exports."""
+        from edgeai.pruning.torch_engine.saving import save_artifacts
+
+        return save_artifacts(pruned, loaded.extra.example, job.output_dir, job.output_stem,
+                              report)
+
+    def load_saved(self, job: PruneJob, artifacts: dict[str, str | None], pruned: Any,
+                   ) -> dict[str, Any]:
+        from edgeai.pruning.torch_engine.saving import load_back
+
+        return load_back(job.output_dir, artifacts, pruned)
+
+    def summary(self, pruned: Any, loaded: Loaded, job: PruneJob) -> str:
+        from edgeai.pruning.torch_engine.report import summary_text
+
+        return summary_text(pruned, loaded.extra.input_size)
 
 
-def _with_children(model, omitted) -> set[str]:  # noqa: ANN001
-    """Omitting a container (``layer1``) omits every layer inside it."""
-    names = [name for name, _ in model.named_modules() if name]
-    return {name for name in names
-            if any(name == prefix or name.startswith(prefix + ".") for prefix in omitted)}
+def _tensors(output: Any) -> list[Any]:
+    """Every tensor in a model's output (tuples, lists and dicts flattened in order)."""
+    import torch
+
+    if isinstance(output, torch.Tensor):
+        return [output]
+    if isinstance(output, (list, tuple)):
+        return [t for item in output for t in _tensors(item)]
+    if isinstance(output, dict):
+        return [t for key in sorted(output) for t in _tensors(output[key])]
+    return []
 
 
-def _input_size(value) -> list[int]:  # noqa: ANN001 - a list or "1,28,28"
+def _input_size(value: Any) -> list[int]:
     """``input_size`` as a list of positive ints (batch dimension excluded).
 
     Raises :class:`PruningError` when it is missing or malformed.
@@ -175,13 +258,4 @@ def _input_size(value) -> list[int]:  # noqa: ANN001 - a list or "1,28,28"
     return size
 
 
-def _shapes(output) -> list:  # noqa: ANN001
-    import torch
-
-    if isinstance(output, torch.Tensor):
-        return [tuple(output.shape)]
-    if isinstance(output, (list, tuple)):
-        return [s for item in output for s in _shapes(item)]
-    if isinstance(output, dict):
-        return [s for key in sorted(output) for s in _shapes(output[key])]
-    return []
+__all__ = ["SPEC", "TorchPruner"]

@@ -1,25 +1,25 @@
-"""Channel pruning on torch-pruning's dependency graph (DepGraph, CVPR 2023).
+"""The PyTorch engine's analysis, rewrite and masking on torch-pruning's DepGraph.
 
-torch-pruning traces the model and groups every layer whose channels are tied
-to a producer's output channels (BatchNorm, residual adds, concatenations,
-flatten into a linear layer, depthwise convolutions). Around it, this module
-adds what a service needs: model outputs protected automatically (the graph's
-``_OutputOp``), ``ommitted`` layers kept, the L1 score computed from the
-producers' filters only, the shared channel-count rule, structures it cannot
-keep valid (attention heads, RNNs, grouped convolutions, GroupNorm that would
-break) left whole with a reason, and one bad group never failing the job.
+torch-pruning (DepGraph, CVPR 2023) traces the model and groups every layer whose
+channels are tied to a producer's output channels (BatchNorm, residual adds,
+concatenations, flatten into a linear layer, depthwise convolutions). This module
+turns its groups into the pipeline's :class:`ChannelGroup` (L1 scores from the
+producers' filters only, model outputs and structures it cannot keep valid
+marked), rewrites a *copy* of the model for a plan (one bad group never fails the
+job), and masks the original for the exactness check.
 """
 from __future__ import annotations
 
+import copy
 import math
-import time
-from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch_pruning as tp
 from torch import nn
 
-from edgeai.pruning.base import channels_to_remove
+from edgeai.pruning.pipeline import Analysis, ChannelGroup, LayerInfo, Plan
+from edgeai.pruning.report import LayerStatus
 
 PRODUCERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
              nn.ConvTranspose3d, nn.Linear)
@@ -58,27 +58,6 @@ def keep_attention_scale(attention: nn.MultiheadAttention, old_head_dim: int) ->
 def left_whole(module: nn.Module) -> bool:
     """A structure whose units are never removed (recurrent, embedding, other attention)."""
     return isinstance(module, UNSUPPORTED) and not pruned_by_heads(module)
-
-
-@dataclass
-class LayerOutcome:
-    """What happened to one producer layer's output channels."""
-
-    name: str
-    type: str
-    channels_before: int
-    channels_after: int
-    status: str = "unchanged"
-    reason: str | None = None
-
-
-@dataclass
-class PruneOutcome:
-    """Per-layer outcomes in module order, and warnings."""
-
-    layers: dict[str, LayerOutcome] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-    analyse_seconds: float = 0.0
 
 
 class RecurrentInputPruner(tp.pruner.function.BasePruningFunc):
@@ -174,29 +153,6 @@ def group_scores(group, root_channels: int) -> torch.Tensor:  # noqa: ANN001 - t
     return scores
 
 
-def _blocker(group, module_names: dict, omitted: set[str]) -> tuple[str, str] | None:  # noqa: ANN001
-    """Why a group must stay whole, as (status, reason), or None if it may be pruned."""
-    for item in group:
-        target = item.dep.target
-        # torch-pruning marks outputs with an _OutputOp node, except when a layer's
-        # result is returned as it is: then its node simply has no consumers.
-        if type(target.module).__name__ == "_OutputOp" or (
-                _is_out_fn(item.dep) and not target.outputs):
-            return "output", "produces a model output"
-    for item in group:
-        dep = item.dep
-        module = dep.target.module
-        kind = type(module).__name__
-        name = module_names.get(module)
-        if name in omitted and _is_out_fn(dep):
-            return "omitted", "listed in ommitted"
-        if isinstance(module, nn.RNNBase) and not _is_out_fn(dep):
-            continue  # RecurrentInputPruner trims its input weights
-        if left_whole(module):
-            return "unsupported", f"channels feed {name} ({kind}), which is left whole"
-    return None
-
-
 CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
          nn.ConvTranspose3d)
 
@@ -220,49 +176,78 @@ def channel_groups(group) -> int:  # noqa: ANN001
     return count
 
 
-def prune_model(model: nn.Module, example: torch.Tensor, percent: float,
-                omitted: set[str]) -> PruneOutcome:
-    """Prune ``model`` in place; return the per-layer outcome.
+def trace(model: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
+    """torch-pruning's dependency graph of ``model`` (recurrent layers' inputs prunable)."""
+    recurrent = RecurrentInputPruner()
+    return tp.DependencyGraph().build_dependency(
+        model, example_inputs=example,
+        customized_pruners={nn.GRU: recurrent, nn.LSTM: recurrent, nn.RNN: recurrent})
 
-    Raises whatever torch-pruning raises while tracing (the caller turns it into
-    a user-facing reason); a group that fails to prune is reported and skipped.
-    """
-    names = {module: name for name, module in model.named_modules()}
-    outcome = PruneOutcome()
-    inside: dict[str, str] = {}  # producer inside a structure left whole -> why
-    projections: set[str] = set()  # out_proj of an attention pruned as a whole
+
+def _layers(model: nn.Module) -> tuple[list[LayerInfo], set[str], set[str]]:
+    """Every layer with output channels in module order; producers inside structures
+    left whole; and the out_proj of attention layers pruned by heads."""
+    layers: dict[str, LayerInfo] = {}
+    inside: dict[str, str] = {}
+    projections: set[str] = set()
     for name, module in model.named_modules():
+        kind = type(module).__name__
         if pruned_by_heads(module):
-            n = module.embed_dim
-            outcome.layers[name] = LayerOutcome(name, type(module).__name__, n, n)
+            layers[name] = LayerInfo(name, kind, module.embed_dim)
             projections.update(f"{name}.{child}" for child, sub in module.named_modules()
                                if child and isinstance(sub, PRODUCERS))
         elif left_whole(module):
-            n = structure_channels(module)
-            why = f"{type(module).__name__} is left whole: {why_whole(module)}"
-            outcome.layers[name] = LayerOutcome(name, type(module).__name__, n, n,
-                                                "unsupported", why)
+            why = f"{kind} is left whole: {why_whole(module)}"
+            layers[name] = LayerInfo(name, kind, structure_channels(module),
+                                     (LayerStatus.UNSUPPORTED, why))
             for child_name, child in module.named_modules():
                 if child_name and isinstance(child, PRODUCERS):
                     inside[f"{name}.{child_name}"] = f"part of {name}; {why}"
         elif isinstance(module, PRODUCERS):
-            n = out_channels(module)
-            outcome.layers[name] = LayerOutcome(name, type(module).__name__, n, n)
+            layers[name] = LayerInfo(name, kind, out_channels(module))
     for name, why in inside.items():
-        outcome.layers[name].status = "unsupported"
-        outcome.layers[name].reason = why
+        layers[name].fixed = (LayerStatus.UNSUPPORTED, why)
     for name in projections:
-        # Part of its attention layer's entry: torch-pruning narrows it with the layer.
-        outcome.layers.pop(name, None)
-    started = time.perf_counter()
-    graph = tp.DependencyGraph().build_dependency(
-        model, example_inputs=example,
-        customized_pruners={nn.GRU: RecurrentInputPruner(), nn.LSTM: RecurrentInputPruner(),
-                            nn.RNN: RecurrentInputPruner()})
-    groups = []
-    covered: set[int] = set()
-    # One group per producer not already in a group (as get_all_groups does), but a
-    # group torch-pruning cannot build is reported on its own instead of ending the walk.
+        layers.pop(name, None)  # part of its attention layer's row
+    return list(layers.values()), set(inside), projections
+
+
+def _blocked(group, names: dict) -> tuple[LayerStatus, str] | None:  # noqa: ANN001 - tp Group
+    """Why torch-pruning's ``group`` must stay whole, or None."""
+    for item in group:
+        target = item.dep.target
+        # torch-pruning marks outputs with an _OutputOp node, except when a layer's
+        # result is returned as it is: then its node simply has no consumers.
+        if type(target.module).__name__ == "_OutputOp" or (
+                _is_out_fn(item.dep) and not target.outputs):
+            return LayerStatus.OUTPUT, "produces a model output"
+    for item in group:
+        module = item.dep.target.module
+        if isinstance(module, nn.RNNBase) and not _is_out_fn(item.dep):
+            continue  # RecurrentInputPruner trims its input weights
+        if left_whole(module):
+            return (LayerStatus.UNSUPPORTED, f"channels feed {names.get(module)} "
+                                             f"({type(module).__name__}), which is left whole")
+    return None
+
+
+def _inexact(group) -> str | None:  # noqa: ANN001 - tp Group
+    for item in group:
+        if isinstance(item.dep.target.module, (nn.LayerNorm, nn.GroupNorm)):
+            return f"pass through {type(item.dep.target.module).__name__}, whose statistics " \
+                   "change when channels go"
+    return None
+
+
+def analyse(model: nn.Module, example: torch.Tensor) -> Analysis:
+    """The model's layers with channels and its channel groups (one per producer not
+    already in a group, as torch-pruning's get_all_groups; a group it cannot build is
+    reported on its own layer instead of ending the walk)."""
+    names = {module: name for name, module in model.named_modules()}
+    layers, inside, projections = _layers(model)
+    by_name = {layer.name: layer for layer in layers}
+    graph = trace(model, example)
+    groups, covered = [], set()
     for name, module in model.named_modules():
         if (not isinstance(module, PRODUCERS) or id(module) in covered or name in inside
                 or name in projections):
@@ -272,76 +257,142 @@ def prune_model(model: nn.Module, example: torch.Tensor, percent: float,
             group = graph.get_pruning_group(module, pruner.prune_out_channels,
                                             list(range(pruner.get_out_channels(module))))
         except Exception as error:  # noqa: BLE001
-            outcome.layers[name].status = "unsupported"
-            outcome.layers[name].reason = (
+            by_name[name].fixed = (LayerStatus.UNSUPPORTED, (
                 "torch-pruning could not follow where this layer's channels go "
-                f"({type(error).__name__}: {str(error)[:120]}), so it is left whole")
+                f"({type(error).__name__}: {str(error)[:120]}), so it is left whole"))
             covered.add(id(module))
             continue
+        carriers = []
         for item in group:
-            if graph.is_out_channel_pruning_fn(item.dep.handler):
+            if _is_out_fn(item.dep):
                 covered.add(id(item.dep.target.module))
-        groups.append(group)
-    outcome.analyse_seconds = time.perf_counter() - started
-    for group in groups:
-        root = group[0].dep.target.module
-        root_name = names.get(root)
-        members = [names.get(item.dep.target.module) for item in group
-                   if (isinstance(item.dep.target.module, PRODUCERS)
-                       or pruned_by_heads(item.dep.target.module)) and _is_out_fn(item.dep)]
-        blocked = _blocker(group, names, omitted)
-        if blocked is not None:
-            status, reason = blocked
-            for member in members:
-                if member in outcome.layers and outcome.layers[member].status == "unchanged":
-                    outcome.layers[member].status = status
-                    outcome.layers[member].reason = reason
-            continue
+                carriers.append(names.get(item.dep.target.module))
+        members = [names[item.dep.target.module] for item in group
+                   if _is_out_fn(item.dep) and names.get(item.dep.target.module) in by_name]
         n = len(group[0].idxs)
-        parts = channel_groups(group)
-        if n % parts:
-            for member in members:
-                if member in outcome.layers:
-                    outcome.layers[member].status = "unsupported"
-                    outcome.layers[member].reason = (f"{n} channels do not split into the "
-                                                     f"{parts} groups of a grouped layer")
-            continue
-        per_part = n // parts
-        remove = channels_to_remove(per_part, percent)  # the rule, applied per channel group
-        if remove <= 0:
-            for member in members:
-                if member in outcome.layers:
-                    outcome.layers[member].reason = (
-                        f"percent={percent} removes none of its {per_part} channels")
-            continue
-        # Sum the scores of the same position across channel groups; drop the lowest
-        # positions from every group (ties by index, so results are reproducible).
-        scores = group_scores(group, n).view(parts, per_part).sum(0)
-        order = sorted(range(per_part), key=lambda i: (float(scores[i]), i))
-        chosen = sorted(order[:remove])
-        victims = [part * per_part + position for part in range(parts) for position in chosen]
+        groups.append(ChannelGroup(
+            key=name, members=members, carriers=[c for c in carriers if c],
+            scores=group_scores(group, n).numpy(), blocks=channel_groups(group),
+            blocked=_blocked(group, names), inexact=_inexact(group)))
+    return Analysis(layers=layers, groups=groups)
+
+
+def _pruning_group(graph: tp.DependencyGraph, model: nn.Module, key: str, idxs: list[int]):  # noqa: ANN202
+    root = model.get_submodule(key)
+    return graph.get_pruning_group(root, graph.get_pruner_of_module(root).prune_out_channels,
+                                   idxs=idxs)
+
+
+def rewrite(model: nn.Module, example: torch.Tensor, plan: Plan,
+            ) -> tuple[nn.Module, dict[str, str]]:
+    """A pruned copy of ``model`` and the groups that could not be rewired, with why."""
+    pruned = copy.deepcopy(model)
+    graph = trace(pruned, example)
+    failed = {}
+    for key, idxs in plan.removal.items():
         try:
-            pruning = graph.get_pruning_group(root, group[0].dep.handler, idxs=victims)
-            if not graph.check_pruning_group(pruning):
+            group = _pruning_group(graph, pruned, key, idxs)
+            if not graph.check_pruning_group(group):
                 raise ValueError("torch-pruning refused the group")
             head_dims = {id(item.dep.target.module): (item.dep.target.module,
                                                        item.dep.target.module.head_dim)
-                         for item in pruning if pruned_by_heads(item.dep.target.module)}
-            pruning.prune()
+                         for item in group if pruned_by_heads(item.dep.target.module)}
+            group.prune()
             for attention, old_head_dim in head_dims.values():
                 keep_attention_scale(attention, old_head_dim)
         except Exception as error:  # noqa: BLE001 - one bad group must not fail the job
-            outcome.warnings.append(f"{root_name}: left whole ({type(error).__name__}: {error})")
-            for member in members:
-                if member in outcome.layers:
-                    outcome.layers[member].status = "unsupported"
-                    outcome.layers[member].reason = f"could not be rewired: {error}"
+            failed[key] = f"{type(error).__name__}: {error}"
+    return pruned, failed
+
+
+def mask(model: nn.Module, example: torch.Tensor, plan: Plan) -> nn.Module:
+    """Zero, in ``model`` itself, every weight that reads or writes a planned channel."""
+    graph = trace(model, example)
+    with torch.no_grad():
+        for key, idxs in plan.removal.items():
+            for item in _pruning_group(graph, model, key, idxs):
+                _zero(item.dep.target.module, list(item.idxs), _is_out_fn(item.dep))
+    return model
+
+
+def _zero(module: nn.Module, idxs: list[int], out: bool) -> None:
+    """Zero ``module``'s weights for channels ``idxs`` of its output (``out``) or input."""
+    if not idxs:
+        return
+    if isinstance(module, nn.MultiheadAttention):
+        # torch-pruning narrows the embedding as one: the same positions of q, k, v
+        # (rows), of the input (columns), and of out_proj on both sides.
+        embed = module.embed_dim
+        rows = [i + k * embed for k in range(3) for i in idxs]
+        module.in_proj_weight[rows] = 0
+        module.in_proj_weight[:, idxs] = 0
+        if module.in_proj_bias is not None:
+            module.in_proj_bias[rows] = 0
+        _zero(module.out_proj, idxs, out=True)
+        _zero(module.out_proj, idxs, out=False)
+        return
+    if isinstance(module, nn.RNNBase):
+        if not out:
+            for name in ("weight_ih_l0", "weight_ih_l0_reverse"):
+                if hasattr(module, name):
+                    getattr(module, name)[:, idxs] = 0
+        return
+    if not isinstance(module, PRODUCERS):
+        return  # per-channel layers (BatchNorm, ...) need nothing: their consumers are zeroed
+    weight = module.weight
+    transposed = isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d))
+    groups = getattr(module, "groups", 1)
+    if out:
+        if transposed:
+            per = weight.shape[1]
+            for i in idxs:
+                weight[(i // per) * (weight.shape[0] // groups):
+                       (i // per + 1) * (weight.shape[0] // groups), i % per] = 0
+        else:
+            weight[idxs] = 0
+        if module.bias is not None:
+            module.bias[idxs] = 0
+        return
+    if transposed:
+        weight[idxs] = 0
+    elif groups == 1:
+        weight[:, idxs] = 0
+    else:
+        per_in, per_out = weight.shape[1], weight.shape[0] // groups
+        for i in idxs:
+            block = i // per_in
+            weight[block * per_out:(block + 1) * per_out, i % per_in] = 0
+
+
+def layer_outputs(model: nn.Module, batch: torch.Tensor, names: list[str],
+                  ) -> dict[str, np.ndarray]:
+    """Outputs of the named modules on ``batch``, as arrays (first tensor of a tuple)."""
+    captured: dict[str, np.ndarray] = {}
+    handles = []
+    for name in names:
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
             continue
-        for member in members:
-            if member in outcome.layers:
-                outcome.layers[member].status = "pruned"
-    for name, layer in outcome.layers.items():
-        module = model.get_submodule(name)
-        layer.channels_after = (structure_channels(module) if isinstance(module, UNSUPPORTED)
-                                else out_channels(module))
-    return outcome
+
+        def hook(_module, _inputs, output, name=name):  # noqa: ANN001, ANN202
+            tensor = output[0] if isinstance(output, (tuple, list)) else output
+            if isinstance(tensor, torch.Tensor):
+                captured[name] = tensor.detach().numpy()
+
+        handles.append(module.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            model.eval()(batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return captured
+
+
+def widths(model: nn.Module) -> dict[str, int]:
+    """Output channels of every producer and structure, by module name."""
+    return {name: (structure_channels(module) if isinstance(module, UNSUPPORTED)
+                   else out_channels(module))
+            for name, module in model.named_modules()
+            if isinstance(module, PRODUCERS + UNSUPPORTED)}

@@ -1,10 +1,8 @@
-"""Measurements for the report: parameters, MACs, accuracy, the torchsummary table,
-and the optional ``torch.export`` program."""
+"""Measurements for the report: parameters, MACs, accuracy and the torchsummary table."""
 from __future__ import annotations
 
 import contextlib
 import io
-import os
 
 import torch
 from torch import nn
@@ -86,15 +84,3 @@ def fallback_summary(model: nn.Module, input_size: list[int], error: Exception) 
             f"(torchsummary could not trace this model: {type(error).__name__}; "
             "table made from forward hooks)", ""]
     return "\n".join(out)
-
-
-def export_program(model: nn.Module, example: torch.Tensor, out_dir: str,
-                   stem: str) -> tuple[str | None, str | None]:
-    """Write ``<stem>.pt2`` with torch.export; return (file name, None) or (None, reason)."""
-    try:
-        program = torch.export.export(model, (example,))
-        name = stem + ".pt2"
-        torch.export.save(program, os.path.join(out_dir, name))
-        return name, None
-    except Exception as error:  # noqa: BLE001 - export is best effort
-        return None, f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"

@@ -1,0 +1,151 @@
+"""The Keras engine's analysis: channel groups from the :class:`ChannelGraph`.
+
+Producers whose output elements share a channel form one group. A channel's
+score is the summed L1 norm of the filters that produce it (kernel weights, not
+biases, as in Li et al.). A group whose channels are frozen (a model output, a
+layer the graph does not understand) is blocked with the reason; one constrained
+by grouped layers lists its channels block by block.
+"""
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+
+from edgeai.pruning.keras_engine.graph import (
+    CONV_T,
+    SEPARABLE,
+    ChannelGraph,
+    LayerRecord,
+    build_graph,
+    is_producer,
+    iterate_paths,
+    producer_width,
+)
+from edgeai.pruning.pipeline import Analysis, ChannelGroup, LayerInfo
+from edgeai.pruning.report import LayerStatus
+
+L = keras.layers
+# Layers whose result for one channel depends on how many channels there are.
+CHANNEL_STATISTICS = (L.LayerNormalization, L.GroupNormalization, L.Softmax)
+
+
+def filter_l1(layer) -> np.ndarray:  # noqa: ANN001
+    """L1 norm of each output filter's kernel (one value per output channel)."""
+    if isinstance(layer, SEPARABLE):
+        kernel = np.abs(layer.pointwise_kernel.numpy())
+    else:
+        kernel = np.abs(layer.kernel.numpy())
+    if isinstance(layer, CONV_T):  # kernel [..., out, in]
+        return kernel.sum(axis=tuple(i for i in range(kernel.ndim) if i != kernel.ndim - 2))
+    return kernel.reshape(-1, kernel.shape[-1]).sum(axis=0)
+
+
+def analyse(model) -> tuple[Analysis, ChannelGraph]:  # noqa: ANN001
+    """The model's producers (by path) and channel groups; the graph for the rewrite.
+
+    Raises ValueError for a model without a layer graph.
+    """
+    graph = build_graph(model)
+    layers = [LayerInfo(path, type(layer).__name__, producer_width(layer))
+              for path, layer in iterate_paths(model) if is_producer(layer)]
+    return Analysis(layers=layers, groups=_groups(graph)), graph
+
+
+def _producer_sets(graph: ChannelGraph) -> list[list[LayerRecord]]:
+    """Producers grouped by shared channels (a union-find over producers)."""
+    producers = [graph.records[k] for k in graph.order
+                 if graph.records[k].space is not None and is_producer(graph.records[k].layer)]
+    parent = list(range(len(producers)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    owner: dict[int, int] = {}
+    for index, record in enumerate(producers):
+        for root in set(graph.uf.roots(record.space).tolist()):
+            if root in owner:
+                a, b = find(owner[root]), find(index)
+                parent[max(a, b)] = min(a, b)
+            else:
+                owner[root] = index
+    sets: dict[int, list[LayerRecord]] = {}
+    for index, record in enumerate(producers):
+        sets.setdefault(find(index), []).append(record)
+    return list(sets.values())
+
+
+def _groups(graph: ChannelGraph) -> list[ChannelGroup]:
+    frozen: dict[int, str] = {}
+    for elements, name, reason in graph.frozen:
+        for root in graph.uf.roots(elements).tolist():
+            frozen.setdefault(root, f"{reason} ({name})" if name not in ("input", "output")
+                              else reason)
+    carriers = [(record, set(graph.uf.roots(record.out_map).tolist()))
+                for record in graph.records.values() if record.out_map is not None]
+    groups = []
+    for members in _producer_sets(graph):
+        roots = sorted({r for record in members for r in graph.uf.roots(record.space).tolist()})
+        layout = _channel_layout(graph, roots)
+        order = layout[0] if isinstance(layout, tuple) else roots
+        scores = dict.fromkeys(roots, 0.0)
+        for record in members:
+            for root, value in zip(graph.uf.roots(record.space).tolist(),
+                                   filter_l1(record.layer).tolist(), strict=True):
+                scores[root] += value
+        wanted = set(roots)
+        carried_by = [record for record, carried in carriers if carried & wanted]
+        groups.append(ChannelGroup(
+            key=members[0].path, members=[record.path for record in members],
+            carriers=[record.path for record in carried_by],
+            scores=np.array([scores[root] for root in order]),
+            blocks=layout[1] if isinstance(layout, tuple) else 1,
+            blocked=_blocked(roots, frozen, layout), inexact=_inexact(carried_by),
+            handle=order))
+    return groups
+
+
+def _blocked(roots: list[int], frozen: dict[int, str],
+             layout: tuple | str | None) -> tuple[LayerStatus, str] | None:
+    why = next((frozen[root] for root in roots if root in frozen), None)
+    if why == "produces a model output":
+        return LayerStatus.OUTPUT, why
+    if why is not None:
+        return LayerStatus.UNSUPPORTED, why
+    if isinstance(layout, str):
+        return LayerStatus.UNSUPPORTED, layout
+    return None
+
+
+def _inexact(records: list[LayerRecord]) -> str | None:
+    for record in records:
+        if isinstance(record.layer, CHANNEL_STATISTICS):
+            return (f"pass through {type(record.layer).__name__} ({record.path}), whose "
+                    "statistics change when channels go")
+    return None
+
+
+def _channel_layout(graph: ChannelGraph, channel_roots: list[int]):  # noqa: ANN202
+    """None if no grouped layer constrains these channels; else (channels in block order,
+    blocks); or a reason string when the constraints cannot be met together."""
+    wanted = set(channel_roots)
+    layout = None
+    for elements, parts, name in graph.constraints:
+        roots = graph.uf.roots(elements).tolist()
+        if not wanted.intersection(roots):
+            continue
+        if set(roots) != wanted or len(roots) != len(wanted) or len(roots) % parts:
+            return f"channels reach the grouped layer {name} mixed with others"
+        if layout is None:
+            layout = (roots, parts)
+        elif layout[0] != roots:
+            return f"grouped layers order these channels differently ({name})"
+        else:
+            layout = (roots, math.lcm(layout[1], parts))
+            if len(roots) % layout[1]:
+                return f"{len(roots)} channels do not split into {layout[1]} groups ({name})"
+    return layout

@@ -1,0 +1,119 @@
+"""The job report, defined once: what pruning did, measured, and checked.
+
+Dataclasses with enums, serialised by :meth:`JobReport.to_dict` only. The status
+message, the report file, the API's Swagger model (built from these fields'
+``doc`` metadata) and every later reader use this one shape.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+RULE = "remove round(n * percent) channels per group, keep at least one"
+
+
+def doc(text: str, **extra: Any) -> Any:
+    """A dataclass field documented for the API (``field(metadata={"doc": ...})``)."""
+    default = extra.pop("default", None)
+    factory = extra.pop("default_factory", None)
+    metadata = {"doc": text, **extra}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+class LayerStatus(enum.StrEnum):
+    """What happened to a layer's output channels."""
+
+    PRUNED = "pruned"
+    UNCHANGED = "unchanged"
+    OUTPUT = "output"
+    OMITTED = "omitted"
+    UNSUPPORTED = "unsupported"
+
+
+@dataclass
+class LayerChange:
+    """One layer with output channels, before and after."""
+
+    name: str = doc("Layer (Keras path) or module (PyTorch) name")
+    type: str = doc("Layer class")
+    channels_before: int = doc("Output channels before pruning")
+    channels_after: int | None = doc("Output channels after pruning")
+    status: LayerStatus = doc("pruned, unchanged, output (a model output, never pruned), "
+                              "omitted (named in ommitted) or unsupported (left whole)",
+                              default=LayerStatus.UNCHANGED)
+    reason: str | None = doc("Why the layer kept its channels, or how it followed others")
+
+
+@dataclass
+class Check:
+    """One verification of the pruned model, run on every job."""
+
+    passed: bool | None = doc("True: within tolerance; False: the job failed; None: not run")
+    max_abs_diff: float | None = doc("Largest absolute difference between the outputs")
+    max_rel_diff: float | None = doc("Largest difference relative to the outputs' range")
+    tolerance: float | None = doc("Relative tolerance the difference must stay under")
+    detail: str | None = doc("What was compared, or why the check did not run")
+    seconds: float | None = doc("Time the check took")
+
+
+@dataclass
+class Verification:
+    """Proof, per job, that the pruned model is right."""
+
+    exactness: Check = doc("The original with the removed channels masked (their consumers' "
+                           "input weights zeroed) against the pruned model, on a seeded "
+                           "random batch", default_factory=Check)
+    round_trip: Check = doc("Each saved file, loaded back as a user loads it, against the "
+                            "pruned model in memory", default_factory=Check)
+
+
+@dataclass
+class JobReport:
+    """Everything a finished job reports."""
+
+    framework: str = doc("tensorflow or pytorch")
+    percent: float = doc("The requested fraction of channels to remove")
+    rule: str = doc("How many channels a percent removes", default=RULE)
+    layers: list[LayerChange] = doc("Per-layer channels", default_factory=list)
+    params_before: int | None = doc("Parameters before pruning")
+    params_after: int | None = doc("Parameters after pruning")
+    macs_before: int | None = doc("Multiply-accumulates per sample before")
+    macs_after: int | None = doc("Multiply-accumulates per sample after")
+    file_size_before: int | None = doc("Uploaded model file size, bytes")
+    file_size_after: int | None = doc("Pruned model file size, bytes")
+    accuracy_before: float | None = doc("Accuracy on the uploaded dataset, before",
+                                        omit_none=True)
+    accuracy_after: float | None = doc("Accuracy on the uploaded dataset, after",
+                                       omit_none=True)
+    timings: dict[str, float] = doc("Seconds spent loading, analysing, rewriting, saving",
+                                    default_factory=dict)
+    verification: Verification = doc("Exactness and round-trip checks",
+                                     default_factory=Verification)
+    warnings: list[str] = doc("Things worth knowing", default_factory=list)
+    artifacts: dict[str, str | None] = doc("Downloadable formats and their file names",
+                                           default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready data (enums as their values)."""
+        return _plain(self)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if hasattr(value, "__dataclass_fields__"):
+        out = {}
+        for item in fields(value):
+            data = getattr(value, item.name)
+            if data is None and item.metadata.get("omit_none"):
+                continue
+            out[item.name] = _plain(data)
+        return out
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
