@@ -11,7 +11,7 @@ from flask import Flask, Request
 from edgeai import api, db
 from edgeai.auth import Authenticator
 from edgeai.config import load_settings
-from edgeai.jobs import JobRunner
+from edgeai.runner import JobRunner
 from edgeai.storage import Storage
 
 log = logging.getLogger("edgeai")

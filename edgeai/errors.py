@@ -1,35 +1,40 @@
-"""The domain's exception family; the API maps each one to a response in one place.
+"""The domain's exception family, and the one mapping to the guide's JSON shapes.
 
-Each error carries the JSON body the guide prescribes for its call: refused
-submissions answer ``{"txid": null, "message": ...}``; status and download
-errors answer ``{"status": ..., "message": ...}``.
+Code raises an error with what went wrong (and, for a transaction, its status
+code); it does not build response bodies. :func:`error_body` turns any of these
+errors into the body the guide prescribes for the kind of call that failed:
+submit calls answer ``{"txid": null, "message": ...}``; status and download
+answer ``{"status": ..., "message": ...}``.
 """
 from __future__ import annotations
 
 from typing import Any
 
+SUBMIT, TRANSACTION = "submit", "transaction"
+
 
 class EdgeAIError(Exception):
-    """Base of every error the API turns into a JSON response."""
+    """Base of every error the API turns into a JSON response.
+
+    ``status`` is the guide's status code of the transaction concerned (``"-1"``
+    when there is none); ``headers`` go on the response (``Retry-After``).
+    """
 
     code = 500
 
-    def __init__(self, message: str, *, body: dict[str, Any] | None = None,
+    def __init__(self, message: str, *, status: str = "-1",
                  headers: dict[str, str] | None = None):
         super().__init__(message)
         self.message = message
-        self.body = body if body is not None else {"message": message}
+        self.status = status
         self.headers = headers or {}
 
 
-def submit_error(cls: type["EdgeAIError"], message: str, **kwargs: Any) -> "EdgeAIError":
-    """Build ``cls`` with the guide's refused-upload body ``{"txid": null, ...}``."""
-    return cls(message, body={"txid": None, "message": message}, **kwargs)
-
-
-def status_error(cls: type["EdgeAIError"], status: str, message: str) -> "EdgeAIError":
-    """Build ``cls`` with the guide's status body ``{"status": ..., "message": ...}``."""
-    return cls(message, body={"status": status, "message": message})
+def error_body(error: EdgeAIError, kind: str) -> dict[str, Any]:
+    """The guide's body for ``error`` raised by a call of ``kind`` (submit/transaction)."""
+    if kind == SUBMIT:
+        return {"txid": None, "message": error.message}
+    return {"status": error.status, "message": error.message}
 
 
 class BadRequest(EdgeAIError):

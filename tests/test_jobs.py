@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import select
 
 from edgeai.db import Database, Transaction, upgrade_database
-from edgeai.jobs import claim_next_job, finish_job, recover_stale_jobs
+from edgeai.queue import claim_next_job, finish_job, recover_stale_jobs
 
 
 @pytest.fixture

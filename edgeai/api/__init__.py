@@ -2,15 +2,16 @@
 
 Swagger UI is at ``/docs``, the spec at ``/api/swagger.json`` (also ``/swagger.json``).
 Errors of the :class:`edgeai.errors.EdgeAIError` family are mapped to responses
-here, in one place, with the JSON bodies the guide prescribes.
+here, in one place, with the JSON body the guide prescribes for the kind of call
+that failed (a resource's ``error_kind``: submit calls, or transaction calls).
 """
 from __future__ import annotations
 
-from flask import Blueprint, Flask, current_app, jsonify, redirect
+from flask import Blueprint, Flask, current_app, jsonify, redirect, request
 from flask_restx import Api
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from edgeai.errors import EdgeAIError, PayloadTooLarge, submit_error
+from edgeai.errors import TRANSACTION, EdgeAIError, PayloadTooLarge, error_body
 
 AUTHORIZATIONS = {
     "client_id": {"type": "apiKey", "in": "header", "name": "X-IBM-Client-Id"},
@@ -25,17 +26,22 @@ DESCRIPTION = (
 )
 
 
-def handle_edgeai_error(error: EdgeAIError):
+def _error_kind() -> str:
+    """Which guide shape the current call answers errors in (its resource's error_kind)."""
+    view = current_app.view_functions.get(request.endpoint or "")
+    return getattr(getattr(view, "view_class", None), "error_kind", TRANSACTION)
+
+
+def handle_edgeai_error(error: EdgeAIError):  # noqa: ANN201 - a Flask response tuple
     """Answer a domain error with its guide-shaped JSON body and status code."""
-    return error.body, error.code, error.headers
+    return error_body(error, _error_kind()), error.code, error.headers
 
 
-def handle_too_large(_error):
+def handle_too_large(_error):  # noqa: ANN001, ANN201 - a Flask response tuple
     """Answer an over-size upload (EDGEAI_MAX_UPLOAD_MB) with the guide's upload error."""
     limit = current_app.extensions["edgeai.settings"].max_upload_mb
-    error = submit_error(PayloadTooLarge, f"The upload is larger than the {limit} MB limit "
-                         "(EDGEAI_MAX_UPLOAD_MB).")
-    return error.body, error.code
+    return handle_edgeai_error(PayloadTooLarge(f"The upload is larger than the {limit} MB "
+                                               "limit (EDGEAI_MAX_UPLOAD_MB)."))
 
 
 def make_api() -> tuple[Blueprint, Api]:

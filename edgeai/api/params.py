@@ -1,106 +1,77 @@
-"""Validation of the submit calls' query parameters and files.
+"""Reading a call's query parameters and form files against its declaration.
 
-Every check runs before anything is stored, and every message says what is
-allowed. Functions raise :class:`edgeai.errors.BadRequest` with the guide's
-refused-upload body.
+A submit call's parameters and files are declared once, by its engine
+(:class:`edgeai.pruning.spec.EngineSpec`); status and download declare theirs in
+:mod:`edgeai.api.transactions`. Anything a call does not declare is refused with
+400, naming it, listing what is accepted and suggesting the closest name: a
+request that silently ignored ``omited=dense`` would prune the layer the user
+meant to keep. Every check runs before anything is stored, and every message
+says what is allowed. Functions raise :class:`edgeai.errors.BadRequest`.
 """
 from __future__ import annotations
 
-import math
-import re
-from collections.abc import Mapping
+import difflib
+from collections.abc import Iterable, Mapping
 from pathlib import PurePosixPath, PureWindowsPath
+from typing import Any
 
 from werkzeug.datastructures import FileStorage
 
-from edgeai.errors import BadRequest, submit_error
-
-OMITTED_ALIASES = ("ommitted", "omitted", "unprunable")
-LAYER_NAME = re.compile(r"^[A-Za-z0-9_.\-/:]{1,256}$")
-MAX_OMITTED = 1000
-MAX_INPUT_ELEMENTS = 1 << 26
-
-TF_MODEL_EXTENSIONS = (".h5", ".hdf5", ".keras", ".zip")
-PT_WEIGHTS_EXTENSIONS = (".pth", ".pt", ".bin", ".safetensors")
-PT_CLASS_EXTENSIONS = (".py",)
-PT_DATASET_EXTENSIONS = (".pth", ".pt", ".npz")
+from edgeai.errors import BadRequest
+from edgeai.pruning.spec import EngineSpec, Param, ParameterError
 
 
-def _bad(message: str) -> BadRequest:
-    return submit_error(BadRequest, message)
+def refuse_unknown(given: Iterable[str], accepted: list[str], what: str,
+                   primary: Mapping[str, str] | None = None) -> None:
+    """Raise BadRequest for any name in ``given`` that is not in ``accepted``.
 
-
-def parse_percent(raw: str | None) -> float:
-    """Parse ``percent``: a fraction in [0, 1), e.g. ``0.4`` removes 40% of channels."""
-    allowed = "percent must be a fraction in [0, 1): 0.4 removes 40% of the channels"
-    if raw is None or raw.strip() == "":
-        raise _bad(f"percent is required; {allowed}.")
-    try:
-        value = float(raw)
-    except ValueError:
-        raise _bad(f"percent={raw!r} is not a number; {allowed}.") from None
-    if not math.isfinite(value):
-        raise _bad(f"percent={raw!r} is not a finite number; {allowed}.")
-    if 1 <= value <= 100:
-        raise _bad(f"percent={raw!r} is out of range; {allowed} "
-                   f"(for {value:g}% send percent={value / 100:g}).")
-    if not 0 <= value < 1:
-        raise _bad(f"percent={raw!r} is out of range; {allowed}.")
-    return value
-
-
-def parse_omitted(args: Mapping[str, str]) -> tuple[str, ...]:
-    """Parse the layers kept whole from ``ommitted`` (or its aliases ``omitted``, ``unprunable``).
-
-    Layer names are checked for shape here; whether they exist in the model is
-    known only once it is loaded, and an unknown name then fails the job with
-    the list of valid names.
+    ``what`` is ``"parameter"`` (query) or ``"form field"``; ``primary`` maps an
+    alias to the spelling a suggestion should name (the guide's).
     """
-    given = {name: args[name] for name in OMITTED_ALIASES if args.get(name) not in (None, "")}
+    unknown = [name for name in dict.fromkeys(given) if name not in accepted]
+    if not unknown:
+        return
+    hints = []
+    for name in unknown:
+        close = difflib.get_close_matches(name.lower(), accepted, n=1, cutoff=0.6)
+        hint = f"unknown {what} {name[:60]!r}"
+        if close:
+            hint += f"; did you mean {(primary or {}).get(close[0], close[0])!r}?"
+        hints.append(hint)
+    raise BadRequest(f"{'; '.join(hints)} This call accepts the {what}s: "
+                     f"{', '.join(accepted) or 'none'}.")
+
+
+def accepted_parameters(spec: EngineSpec) -> list[str]:
+    """Every query parameter name a submit call accepts, aliases included."""
+    return [name for param in spec.params for name in (param.name, *param.aliases)]
+
+
+def _given(param: Param, args: Mapping[str, str]) -> str | None:
+    """The raw value of ``param`` under any of its spellings (empty counts as absent)."""
+    spellings = (param.name, *param.aliases)
+    given = {name: args[name] for name in spellings if args.get(name) not in (None, "")}
     if len(set(given.values())) > 1:
-        raise _bad("Send the layers to keep whole in one parameter: ommitted (or its aliases "
-                   f"omitted, unprunable); got {', '.join(sorted(given))} with different values.")
-    raw = next(iter(given.values()), "")
-    names = []
-    for part in raw.split(","):
-        name = part.strip()
-        if not name:
-            continue
-        if not LAYER_NAME.match(name):
-            raise _bad(f"ommitted: {name[:80]!r} is not a layer name; names are 1-256 characters "
-                       "of letters, digits and _ . - / :, separated by commas (e.g. fc1,fc2).")
-        if name not in names:
-            names.append(name)
-    if len(names) > MAX_OMITTED:
-        raise _bad(f"ommitted lists {len(names)} layers; at most {MAX_OMITTED} are allowed.")
-    return tuple(names)
+        others = ", ".join(param.aliases)
+        raise BadRequest(f"Send {param.name} in one parameter: {param.name} (or its aliases "
+                         f"{others}); got {', '.join(sorted(given))} with different values.")
+    if given:
+        return next(iter(given.values()))
+    return args.get(param.name)
 
 
-def parse_input_size(raw: str | None) -> list[int]:
-    """Parse ``input_size``: the shape of one input without the batch dimension, e.g. 1,28,28."""
-    example = "the shape of one input without the batch dimension, e.g. input_size=1,28,28"
-    if raw is None or raw.strip() == "":
-        raise _bad(f"input_size is required: {example}.")
-    parts = [p.strip() for p in raw.strip("()[] ").split(",") if p.strip()]
-    try:
-        dims = [int(p) for p in parts]
-    except ValueError:
-        raise _bad(f"input_size={raw!r} must be whole numbers separated by commas: {example}.") \
-            from None
-    if not 1 <= len(dims) <= 4 or any(d < 1 for d in dims):
-        raise _bad(f"input_size={raw!r} must have 1 to 4 positive dimensions: {example}.")
-    if math.prod(dims) > MAX_INPUT_ELEMENTS:
-        raise _bad(f"input_size={raw!r} has more than {MAX_INPUT_ELEMENTS} elements.")
-    return dims
-
-
-def parse_model_name(raw: str | None) -> str:
-    """Parse ``model_name``: the class to build with no arguments (default ``Net``)."""
-    name = (raw or "Net").strip()
-    if not name.isidentifier() or name.startswith("_"):
-        raise _bad(f"model_name={name[:80]!r} must be the name of a class in class_def, "
-                   "e.g. model_name=Net.")
-    return name
+def read_params(spec: EngineSpec, args: Mapping[str, str]) -> dict[str, Any]:
+    """The submit call's parameters, parsed, keyed as the queue stores them."""
+    primary = {alias: param.name for param in spec.params for alias in param.aliases}
+    refuse_unknown(args.keys(), accepted_parameters(spec), "parameter", primary)
+    values = {}
+    for param in spec.params:
+        raw = _given(param, args)
+        try:
+            values[param.key] = param.parse(raw)
+        except ParameterError as error:
+            raise BadRequest(str(error)) from None
+    return values
 
 
 def client_file_name(upload: FileStorage) -> str:
@@ -120,17 +91,30 @@ def check_file(files: Mapping[str, FileStorage], field: str, extensions: tuple[s
     allowed = ", ".join(extensions)
     if upload is None or not upload.filename:
         if required:
-            raise _bad(f"The form file '{field}' is required ({allowed}).")
+            raise BadRequest(f"The form file '{field}' is required ({allowed}).")
         return None
     name = client_file_name(upload)
     suffix = PurePosixPath(name.lower()).suffix
     if suffix not in extensions:
-        raise _bad(f"'{field}' must be a {allowed} file; got {name[:100]!r}.")
+        raise BadRequest(f"'{field}' must be a {allowed} file; got {name[:100]!r}.")
     stream = upload.stream
     position = stream.tell()
     stream.seek(0, 2)
     size = stream.tell()
     stream.seek(position)
     if size == 0:
-        raise _bad(f"'{field}' ({name[:100]!r}) is empty.")
+        raise BadRequest(f"'{field}' ({name[:100]!r}) is empty.")
     return upload
+
+
+def read_files(spec: EngineSpec, files: Mapping[str, FileStorage],
+               form: Mapping[str, str]) -> dict[str, FileStorage]:
+    """The submit call's uploads by role, each checked; unknown fields refused."""
+    refuse_unknown([*files.keys(), *form.keys()], [role.name for role in spec.files],
+                   "form field")
+    uploads = {}
+    for role in spec.files:
+        upload = check_file(files, role.name, role.extensions, role.required)
+        if upload is not None:
+            uploads[role.name] = upload
+    return uploads

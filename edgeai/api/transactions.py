@@ -12,40 +12,18 @@ from flask_restx import Namespace, Resource, fields
 from sqlalchemy import func, select
 
 from edgeai.api import context
+from edgeai.api.params import refuse_unknown
+from edgeai.api.schema import model_for
 from edgeai.db import Transaction
-from edgeai.errors import BadRequest, Conflict, Gone, NotFound, status_error
+from edgeai.errors import BadRequest, Conflict, Gone, NotFound
+from edgeai.pruning import spec_for, specs
+from edgeai.pruning.report import JobReport
 
 ns = Namespace("transactions", description="Follow a pruning transaction and download its result")
 
 NOT_FOUND = "No transaction submitted for txid"
 
-layer_row = ns.model("LayerReport", {
-    "name": fields.String(description="Layer (Keras) or module (PyTorch) name"),
-    "type": fields.String(description="Layer class"),
-    "channels_before": fields.Integer(description="Output channels before pruning"),
-    "channels_after": fields.Integer(description="Output channels after pruning"),
-    "status": fields.String(description="pruned, omitted, output, unsupported or unchanged"),
-    "reason": fields.String(description="Why a layer was left whole"),
-})
-report_model = ns.model("Report", {
-    "framework": fields.String(description="tensorflow or pytorch"),
-    "percent": fields.Float(description="The requested fraction"),
-    "rule": fields.String(description="How many channels a percent removes"),
-    "layers": fields.List(fields.Nested(layer_row), description="Per-layer channels"),
-    "params_before": fields.Integer(description="Parameters before pruning"),
-    "params_after": fields.Integer(description="Parameters after pruning"),
-    "macs_before": fields.Integer(description="Multiply-accumulates per sample before"),
-    "macs_after": fields.Integer(description="Multiply-accumulates per sample after"),
-    "file_size_before": fields.Integer(description="Uploaded model file size, bytes"),
-    "file_size_after": fields.Integer(description="Pruned model file size, bytes"),
-    "accuracy_before": fields.Float(description="Accuracy on the uploaded dataset, before"),
-    "accuracy_after": fields.Float(description="Accuracy on the uploaded dataset, after"),
-    "timings": fields.Raw(description="Seconds spent loading, analysing, rewriting, saving"),
-    "warnings": fields.List(fields.String, description="Things worth knowing"),
-    "artifacts": fields.Raw(description="Downloadable formats and their file names"),
-    "sandbox": fields.Raw(description="How the job was confined, its warm-up and job seconds, "
-                                      "and its peak memory (MB)"),
-})
+report_model = model_for(ns, JobReport)
 status_model = ns.model("Status", {
     "status": fields.String(required=True, description='"0" done, "1" queued, "2" running, '
                             '"-1" failed', example="0"),
@@ -55,7 +33,8 @@ status_model = ns.model("Status", {
                               example="tmp7d8tkpfs.h5"),
     "txid": fields.String(description="The transaction id"),
     "state": fields.String(description="queued, running, done, failed or expired"),
-    "framework": fields.String(description="tensorflow or pytorch"),
+    "framework": fields.String(description="The engine: " + ", ".join(
+        spec.name for spec in specs())),
     "queue_position": fields.Integer(description="Jobs ahead of this one (when queued)"),
     "attempts": fields.Integer(description="Times a worker started this job"),
     "created_at": fields.Float(description="Submitted, Unix time"),
@@ -73,25 +52,29 @@ txid_parser = ns.parser()
 txid_parser.add_argument("txid", type=str, location="args", required=True,
                          help="The txid returned by tf_prune or pt_prune")
 download_parser = txid_parser.copy()
-download_parser.add_argument("format", type=str, location="args", default="model",
-                             help="model (default: the format uploaded; PyTorch: "
-                                  "torch.save((model, info))), state_dict or pt2 (PyTorch only)")
+download_parser.add_argument(
+    "format", type=str, location="args", default="model",
+    help="The file to download (default model). " + "; ".join(
+        f"{spec.endpoint} jobs: {spec.download_help}" for spec in specs()))
 
 
-def find_transaction(raw_txid: str | None) -> Transaction:
-    """Return the caller's transaction ``raw_txid``; raises BadRequest or NotFound."""
+def find_transaction(accepted: list[str]) -> Transaction:
+    """The caller's transaction named by ``?txid=``; ``accepted`` are the query
+    parameters the call takes. Raises BadRequest or NotFound."""
     owner = context.current_client()
+    refuse_unknown(request.args.keys(), accepted, "parameter")
+    raw_txid = request.args.get("txid")
     if not raw_txid:
-        raise status_error(BadRequest, "-1", "txid is required, e.g. ?txid=<the txid that "
-                                             "tf_prune or pt_prune returned>.")
+        raise BadRequest("txid is required, e.g. ?txid=<the txid that a submit call "
+                         "returned>.")
     try:
         txid = str(uuid.UUID(raw_txid.strip()))
     except ValueError:
-        raise status_error(NotFound, "-1", NOT_FOUND) from None
+        raise NotFound(NOT_FOUND) from None
     with context.database().session() as session:
         row = session.get(Transaction, txid)
         if row is None or row.owner != owner:
-            raise status_error(NotFound, "-1", NOT_FOUND)
+            raise NotFound(NOT_FOUND)
         session.expunge(row)
         return row
 
@@ -107,7 +90,7 @@ class Status(Resource):
     @ns.marshal_with(status_model, skip_none=True)
     def get(self):
         """Get a transaction's status; when done, the pruned model's summary and file name."""
-        row = find_transaction(request.args.get("txid"))
+        row = find_transaction(["txid"])
         body = {
             "status": row.status, "message": row.message, "txid": row.txid, "state": row.state,
             "framework": row.framework, "attempts": row.attempts, "created_at": row.created_at,
@@ -138,30 +121,26 @@ class Download(Resource):
     @ns.response(401, "Missing or invalid API key", error_model)
     def get(self):
         """Download a finished transaction's pruned model."""
-        row = find_transaction(request.args.get("txid"))
+        row = find_transaction(["txid", "format"])
         if row.state == "expired":
-            raise status_error(Gone, row.status, row.message)
+            raise Gone(row.message, status=row.status)
         if row.state != "done":
             reason = {"queued": "is queued", "running": "is still running",
                       "failed": "failed"}[row.state]
-            raise status_error(Conflict, row.status,
-                               f"The transaction {reason}; nothing to download. {row.message}"
-                               .strip())
+            raise Conflict(f"The transaction {reason}; nothing to download. {row.message}"
+                           .strip(), status=row.status)
         fmt = (request.args.get("format") or "model").strip()
         artifacts = (row.report or {}).get("artifacts") or {"model": row.filename}
-        allowed = ["model"] + (["state_dict", "pt2"] if row.framework == "pytorch" else [])
+        allowed = list(spec_for(row.framework).downloads)
         if fmt not in allowed:
-            raise status_error(BadRequest, row.status,
-                               f"format={fmt[:40]!r} is not available; allowed: "
-                               f"{', '.join(allowed)}.")
+            raise BadRequest(f"format={fmt[:40]!r} is not available; allowed: "
+                             f"{', '.join(allowed)}.", status=row.status)
         filename = artifacts.get(fmt)
         if not filename:
             why = "; ".join((row.report or {}).get("warnings") or []) or "it could not be made"
-            raise status_error(Conflict, row.status,
-                               f"No {fmt} file exists for this model: {why}")
+            raise Conflict(f"No {fmt} file exists for this model: {why}", status=row.status)
         path = context.storage().result_path(row.txid, filename)
         if not path.is_file():
-            raise status_error(Gone, "-1", "The pruned model file is gone; submit the model "
-                                           "again.")
+            raise Gone("The pruned model file is gone; submit the model again.")
         return send_file(path, as_attachment=True, download_name=filename,
                          mimetype="application/octet-stream", max_age=0)

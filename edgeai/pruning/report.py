@@ -95,6 +95,10 @@ class JobReport:
     warnings: list[str] = doc("Things worth knowing", default_factory=list)
     artifacts: dict[str, str | None] = doc("Downloadable formats and their file names",
                                            default_factory=dict)
+    sandbox: dict[str, Any] | None = doc("How the job was confined (the sandbox's layers in "
+                                         "force), its warm-up and job seconds, and its peak "
+                                         "memory (MB); filled in by the sandbox",
+                                         omit_none=True)
 
     def to_dict(self) -> dict[str, Any]:
         """The report as JSON-ready data (enums as their values)."""

@@ -40,6 +40,12 @@ class Param:
     aliases: tuple[str, ...] = ()
     schema: Mapping[str, Any] = field(default_factory=lambda: {"type": "string"})
     example: str | None = None
+    store_as: str | None = None
+
+    @property
+    def key(self) -> str:
+        """The name the parsed value is stored under (the parameter's name by default)."""
+        return self.store_as or self.name
 
 
 @dataclass(frozen=True)
@@ -152,5 +158,5 @@ PERCENT = Param(
 OMMITTED = Param(
     "ommitted", "Comma-separated layer names to keep whole, e.g. fc1,fc2 (the guide's "
     "spelling; omitted and unprunable are accepted too). Model outputs are never pruned.",
-    parse_layer_names, default=[], aliases=("omitted", "unprunable"), example="fc1,fc2")
+    parse_layer_names, aliases=("omitted", "unprunable"), example="fc1,fc2", store_as="omitted")
 COMMON_PARAMS = (PERCENT, OMMITTED)

@@ -363,8 +363,8 @@ class Sandbox:
                 f"This job brings {brings_code}, which runs only inside the full sandbox, and "
                 f"this server cannot build all of it: nothing provides {', '.join(missing)} "
                 "isolation here. The server's operator can fix the kernel features (see the "
-                "README's sandbox section) or set EDGEAI_SANDBOX=weak. Keras .h5 and .keras "
-                "files still run.")
+                "README's sandbox section) or set EDGEAI_SANDBOX=weak. Jobs whose files hold "
+                "no code still run.")
 
     def _hand_over(self, child: _Child, job: PruneJob) -> PruneJob:
         """Link the inputs into the child's slot; return the job as the child sees it

@@ -5,7 +5,7 @@ import io
 
 import pytest
 
-from edgeai.jobs import claim_next_job, expire_artifacts, finish_job
+from edgeai.queue import claim_next_job, expire_artifacts, finish_job
 
 H5 = b"\x89HDF\r\n\x1a\n" + b"\0" * 64
 

@@ -140,6 +140,9 @@ class TorchPruner(Engine):
             report.warnings.append(f"dataset labels have shape {list(labels.shape)}, not one "
                                    "class per sample; accuracy not measured")
             labels = None
+        elif labels is None:
+            report.warnings.append("the dataset has samples but no labels; accuracy not "
+                                   "measured (send (x, y) pairs to get it)")
         if list(samples.shape[1:]) != loaded.extra.input_size:
             raise PruningError(f"dataset samples have shape {list(samples.shape[1:])}, but "
                                f"input_size is {loaded.extra.input_size}.")
