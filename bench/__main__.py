@@ -5,8 +5,9 @@ Prints one table. Figures:
   a cold child per job (the difference is process start and framework import);
 - ResNet50 (weights=None, 96x96x3, 10 classes) at 0.4: submit-to-done over the
   floor for the same file in one warm process (load + rebuild + save);
-- the Keras engine's graph analysis + rewrite time over load + save, and the
-  job's peak memory against the file size;
+- the Keras engine's graph analysis + rewrite time over load + save, the verify
+  step's share of the job (exactness and round trip), and the job's peak memory
+  against the file size;
 - the PyTorch guide Net: submit-to-done;
 - status calls per second on gunicorn while a pruning job runs, with p50/p99;
 - the sandbox's cost: a child's start to ready with every layer and with none,
@@ -27,8 +28,8 @@ import requests
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from tests.e2e.guide import build_mnist_base, write_guide_pytorch_files  # noqa: E402
-from tests.e2e.server import LiveServer  # noqa: E402
+from tests.e2e.guide import build_mnist_base, write_guide_pytorch_files
+from tests.e2e.server import LiveServer
 
 
 def build_resnet50(path: Path) -> Path:
@@ -76,7 +77,7 @@ def submit_pt(server: LiveServer, headers: dict, files: dict) -> str:
     return response.json()["txid"]
 
 
-def timed(server: LiveServer, headers: dict, submit) -> tuple[float, dict]:  # noqa: ANN001
+def timed(server: LiveServer, headers: dict, submit) -> tuple[float, dict]:
     """Submit and poll every 20 ms; return (submit-to-done seconds, final status)."""
     started = time.perf_counter()
     txid = submit()
@@ -159,7 +160,7 @@ def confinement_rows(tmp: Path, mnist: Path) -> list[tuple[str, str, str]]:
         keys = {name: server.create_key() for name, server in servers.items()}
         for _ in range(4):
             for name, server in servers.items():
-                def submit(server=server, headers=keys[name]):  # noqa: ANN001, ANN202
+                def submit(server=server, headers=keys[name]):
                     return submit_tf(server, headers, mnist, 0.4)
 
                 times[name].append(timed(server, keys[name], submit)[0])
@@ -256,6 +257,14 @@ def main() -> int:
                      f"{peak:.0f} MB peak for a {size_mb:.0f} MB file (incl. TF import)"))
     rows.append(("  params before -> after", f"{report.get('params_before')} -> "
                  f"{report.get('params_after')}", ""))
+    checks = report.get("verification") or {}
+    exact_s = (checks.get("exactness") or {}).get("seconds") or 0.0
+    trip_s = (checks.get("round_trip") or {}).get("seconds") or 0.0
+    job_s = report.get("sandbox", {}).get("job_seconds") or 0.0
+    if job_s:
+        rows.append(("  verify (exactness + round trip) / job", f"{(exact_s + trip_s) / job_s:.2f}",
+                     f"{exact_s:.2f} s + {trip_s:.2f} s of {job_s:.2f} s (aim <= 0.10); "
+                     f"max diff {checks.get('exactness', {}).get('max_abs_diff')}"))
     rows.append(("status calls/s while pruning (8 clients)", f"{rate:.0f}/s",
                  f"p50 {p50:.1f} ms, p99 {p99:.1f} ms"
                  + ("" if still_running else " (job ended during the run)")))

@@ -10,7 +10,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 
-def create_app(test_config: dict[str, Any] | None = None):  # noqa: ANN201 - flask.Flask
+def create_app(test_config: dict[str, Any] | None = None):
     """Build the app: settings, database (migrated), storage, auth, API, and job runner.
 
     ``test_config`` overrides settings by field name (e.g. ``{"data_dir": tmp,

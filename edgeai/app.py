@@ -21,7 +21,7 @@ class UploadRequest(Request):
     """Streams uploaded files straight to the data volume instead of memory or /tmp."""
 
     def _get_file_stream(self, total_content_length, content_type, filename=None,
-                         content_length=None):  # noqa: ANN001 - Werkzeug's signature
+                         content_length=None):
         from flask import current_app
 
         return current_app.extensions["edgeai.storage"].new_incoming_file()

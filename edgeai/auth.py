@@ -104,7 +104,7 @@ class Authenticator:
         self._verified: dict[str, tuple[bytes, float]] = {}
         self._lock = threading.Lock()
 
-    def client_for(self, headers, remote_addr: str | None) -> str:  # noqa: ANN001
+    def client_for(self, headers, remote_addr: str | None) -> str:
         """Return the client id for a request; raises :class:`Unauthorized`."""
         if self.mode == "off":
             return ANONYMOUS
@@ -113,7 +113,7 @@ class Authenticator:
         return self._from_keys(headers.get(CLIENT_ID_HEADER, ""),
                                headers.get(CLIENT_SECRET_HEADER, ""))
 
-    def _from_gateway(self, headers, remote_addr: str | None) -> str:  # noqa: ANN001
+    def _from_gateway(self, headers, remote_addr: str | None) -> str:
         try:
             address = ipaddress.ip_address(remote_addr or "")
         except ValueError:

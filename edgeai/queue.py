@@ -16,9 +16,10 @@ import socket
 import time
 import uuid
 from collections.abc import Mapping
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from sqlalchemy import func, select, update
+from sqlalchemy.engine import CursorResult
 
 from edgeai.config import Settings
 from edgeai.db import Database, Transaction
@@ -41,7 +42,7 @@ def submit(database: Database, storage: Storage, settings: Settings, owner: str,
             storage.store_upload(txid, role, stream)
         with database.immediate() as session:
             active = session.scalar(select(func.count()).select_from(Transaction).where(
-                Transaction.owner == owner, Transaction.state.in_(("queued", "running"))))
+                Transaction.owner == owner, Transaction.state.in_(("queued", "running")))) or 0
             if active >= settings.max_jobs_per_client:
                 raise TooManyJobs(
                     f"You already have {active} jobs queued or running; the limit is "
@@ -76,7 +77,8 @@ def claim_next_job(database: Database, claimer: str, max_running: int) -> Transa
             return None
     with database.immediate() as session:
         running = session.scalar(
-            select(func.count()).select_from(Transaction).where(Transaction.state == "running"))
+            select(func.count()).select_from(Transaction).where(
+                Transaction.state == "running")) or 0
         if running >= max_running:
             return None
         row = session.scalars(select(Transaction).where(Transaction.state == "queued")
@@ -103,11 +105,11 @@ def finish_job(database: Database, txid: str, claimer: str, **values) -> bool:
     """
     values.setdefault("finished_at", time.time())
     with database.immediate() as session:
-        result = session.execute(
+        result = cast(CursorResult, session.execute(
             update(Transaction)
             .where(Transaction.txid == txid, Transaction.claimed_by == claimer,
                    Transaction.state == "running")
-            .values(**values))
+            .values(**values)))
         return result.rowcount == 1
 
 

@@ -113,7 +113,7 @@ class JobRunner:
                     recover_stale_jobs(self.database, self.settings.stale_seconds,
                                        self.settings.max_attempts)
                     expire_artifacts(self.database, self.storage, self.settings.retention_hours)
-            except Exception:  # noqa: BLE001 - a locked database must not kill the loop
+            except Exception:  # a locked database must not kill the loop
                 log.exception("job dispatcher")
             self._wake.wait(self.settings.poll_seconds)
             self._wake.clear()
@@ -124,7 +124,7 @@ class JobRunner:
                 held = list(self._held)
             try:
                 heartbeat(self.database, held, self.claimer)
-            except Exception:  # noqa: BLE001
+            except Exception:  # a missed beat is not fatal; the next one may pass
                 log.exception("heartbeat")
 
     # -- one job -----------------------------------------------------------
@@ -134,7 +134,7 @@ class JobRunner:
             values = self._execute(row)
         except JobFailed as error:
             values = {"state": "failed", "message": str(error)}
-        except Exception as error:  # noqa: BLE001 - every job ends in a terminal state
+        except Exception as error:  # every job ends in a terminal state
             log.exception("job %s", txid)
             values = {"state": "failed",
                       "message": f"Internal error while pruning: {type(error).__name__}: {error}"}

@@ -32,12 +32,12 @@ def _error_kind() -> str:
     return getattr(getattr(view, "view_class", None), "error_kind", TRANSACTION)
 
 
-def handle_edgeai_error(error: EdgeAIError):  # noqa: ANN201 - a Flask response tuple
+def handle_edgeai_error(error: EdgeAIError):
     """Answer a domain error with its guide-shaped JSON body and status code."""
     return error_body(error, _error_kind()), error.code, error.headers
 
 
-def handle_too_large(_error):  # noqa: ANN001, ANN201 - a Flask response tuple
+def handle_too_large(_error):
     """Answer an over-size upload (EDGEAI_MAX_UPLOAD_MB) with the guide's upload error."""
     limit = current_app.extensions["edgeai.settings"].max_upload_mb
     return handle_edgeai_error(PayloadTooLarge(f"The upload is larger than the {limit} MB "
@@ -62,10 +62,10 @@ def make_api() -> tuple[Blueprint, Api]:
 class StripTrailingSlash:
     """WSGI middleware: ``/api/status/`` is served as ``/api/status`` (the guide uses both)."""
 
-    def __init__(self, app):  # noqa: ANN001 - a WSGI callable
+    def __init__(self, app):
         self.app = app
 
-    def __call__(self, environ, start_response):  # noqa: ANN001
+    def __call__(self, environ, start_response):
         path = environ.get("PATH_INFO", "")
         if len(path) > 1 and path.endswith("/") and path.startswith("/api/"):
             environ["PATH_INFO"] = path.rstrip("/") or "/"

@@ -22,7 +22,7 @@ def _unwrap_optional(hint: Any) -> Any:
 def _field(ns: Namespace, hint: Any, description: str) -> fields.Raw:
     hint = _unwrap_optional(hint)
     origin = typing.get_origin(hint)
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return fields.Nested(model_for(ns, hint), description=description, allow_null=True)
     if origin is list:
         (item,) = typing.get_args(hint)

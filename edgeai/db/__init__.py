@@ -38,7 +38,7 @@ def make_engine(database_url: str) -> Engine:
     engine = create_engine(database_url, **(kwargs if is_sqlite else {}))
     if is_sqlite:
         @event.listens_for(engine, "connect")
-        def _on_connect(dbapi_connection, _record):  # noqa: ANN001 - SQLAlchemy hook
+        def _on_connect(dbapi_connection, _record):
             # pysqlite's own implicit BEGIN would defeat BEGIN IMMEDIATE; take over.
             dbapi_connection.isolation_level = None
             cursor = dbapi_connection.cursor()
@@ -49,7 +49,7 @@ def make_engine(database_url: str) -> Engine:
             cursor.close()
 
         @event.listens_for(engine, "begin")
-        def _on_begin(conn):  # noqa: ANN001 - SQLAlchemy hook
+        def _on_begin(conn):
             mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
             conn.exec_driver_sql(f"BEGIN {mode}")
 
@@ -155,7 +155,7 @@ def upgrade_database(database_url: str, lock_dir: Path | None = None) -> None:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def init_app(app, settings) -> Database:  # noqa: ANN001 - Flask app
+def init_app(app, settings) -> Database:
     """Create the data dir, migrate, and attach a :class:`Database` to ``app``."""
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     upgrade_database(settings.database_url, Path(settings.data_dir))

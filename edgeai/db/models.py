@@ -18,12 +18,8 @@ class Base(DeclarativeBase):
 
 # A transaction's life: queued -> running -> done | failed; done -> expired once
 # its artifact is removed after the retention period. A running row whose worker
-# died goes back to queued (bounded by max_attempts).
-STATES = ("queued", "running", "done", "failed", "expired")
-TERMINAL_STATES = ("done", "failed", "expired")
-
-# The guide's string status codes. Derived from the state, never stored, so the
-# two cannot disagree.
+# died goes back to queued (bounded by max_attempts). The guide's string status
+# codes are derived from the state, never stored, so the two cannot disagree.
 STATUS_CODES = {"done": "0", "queued": "1", "running": "2", "failed": "-1", "expired": "-1"}
 
 

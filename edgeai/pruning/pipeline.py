@@ -250,7 +250,9 @@ def run(engine: Engine, job: PruneJob) -> PruneResult:
         report.accuracy_after = engine.evaluate(pruned, data)
     with step(report, "save"):
         report.artifacts = engine.save(pruned, loaded, job, report)
-    main = report.artifacts["model"]
+    main = report.artifacts.get("model")
+    if not main:
+        raise PruningError("The pruned model could not be saved; nothing was returned.")
     report.file_size_after = os.path.getsize(os.path.join(job.output_dir, main))
     report.verification.round_trip = verify_round_trip(engine, job, report.artifacts, pruned,
                                                        batch, expected)

@@ -31,7 +31,7 @@ def _ready(confinement: dict) -> None:
     sys.stdout.flush()
 
 
-def _runner(settings: dict):  # noqa: ANN202 - a callable taking a PruneJob
+def _runner(settings: dict):
     """The engine's ``prune`` (warmed up), or the ``module:function`` in ``entry``."""
     if settings.get("entry"):
         module, _, name = settings["entry"].partition(":")

@@ -237,16 +237,9 @@ def _users_file(uid: int, gid: int) -> tuple[str, str]:
     return passwd, group
 
 
-def build_view(slot: str, read_only: list[str], uid: int, gid: int, tmpfs_mb: int,
-               with_proc: bool) -> None:
-    """Replace this mount namespace's root by a private one (see the module docstring).
-
-    The slot appears as :data:`JOB_DIR`. Every source is opened before anything is
-    mounted, so a source under ``/tmp`` (where the new root is assembled) stays
-    reachable. Raises :class:`ConfinementError`.
-    """
-    _mount(None, "/", None, MS_REC | MS_PRIVATE)
-    sources: list[tuple[int, str, int]] = []  # (fd, path in the view, extra flags)
+def _open_sources(slot: str, read_only: list[str]) -> list[tuple[int, str, int]]:
+    """(descriptor, path in the view, mount flags) of everything the view binds."""
+    sources: list[tuple[int, str, int]] = []
 
     def source(path: str, flags: int, seen_as: str | None = None) -> None:
         try:
@@ -265,31 +258,52 @@ def build_view(slot: str, read_only: list[str], uid: int, gid: int, tmpfs_mb: in
     for name in DEVICES:
         source(f"/dev/{name}", MS_NOSUID | MS_NOEXEC)
     source(slot, MS_NOSUID | MS_NODEV, seen_as=JOB_DIR)
-    links = {p: os.readlink(p) for p in SYSTEM_DIRS if os.path.islink(p)}
+    return sources
+
+
+def _assemble(sources: list[tuple[int, str, int]], uid: int, gid: int, tmpfs_mb: int,
+              with_proc: bool) -> None:
+    """Build the private root on :data:`NEW_ROOT`: in-memory folders, the binds, the
+    system's symlinks, /dev's links, a minimal /etc, and /proc of the PID namespace."""
+    size = f"size={tmpfs_mb}m"
+    _mount("tmpfs", NEW_ROOT, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=8m")
+    for folder, options in (("dev", "mode=0755,size=64k"), ("tmp", f"mode=1777,{size}"),
+                            ("dev/shm", f"mode=1777,{size}")):
+        os.makedirs(f"{NEW_ROOT}/{folder}", mode=0o755, exist_ok=True)
+        _mount("tmpfs", f"{NEW_ROOT}/{folder}", "tmpfs", MS_NOSUID | MS_NODEV, options)
+    for fd, path, flags in sources:
+        _bind(fd, NEW_ROOT + path, flags)
+    for path in SYSTEM_DIRS:
+        if os.path.islink(path):
+            os.symlink(os.readlink(path), NEW_ROOT + path)
+    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                         ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
+        os.symlink(target, f"{NEW_ROOT}/dev/{name}")
+    passwd, group = _users_file(uid, gid)
+    os.makedirs(f"{NEW_ROOT}/etc", mode=0o755, exist_ok=True)
+    with open(NEW_ROOT + VIEW_MARKER, "w") as handle:
+        handle.write("This root holds only what a pruning job needs.\n")
+    for name, text in (("passwd", passwd), ("group", group), ("hostname", "edgeai-job\n")):
+        with open(f"{NEW_ROOT}/etc/{name}", "w") as handle:
+            handle.write(text)
+    if with_proc:
+        os.makedirs(f"{NEW_ROOT}/proc", mode=0o555, exist_ok=True)
+        _mount("proc", f"{NEW_ROOT}/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+
+
+def build_view(slot: str, read_only: list[str], uid: int, gid: int, tmpfs_mb: int,
+               with_proc: bool) -> None:
+    """Replace this mount namespace's root by a private one (see the module docstring).
+
+    The slot appears as :data:`JOB_DIR`. Every source is opened before anything is
+    mounted, so a source under ``/tmp`` (where the new root is assembled) stays
+    reachable; the descriptors are closed before the job can see them (an open
+    folder outside the root would be a way out). Raises :class:`ConfinementError`.
+    """
+    _mount(None, "/", None, MS_REC | MS_PRIVATE)
+    sources = _open_sources(slot, read_only)
     try:
-        size = f"size={tmpfs_mb}m"
-        _mount("tmpfs", NEW_ROOT, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=8m")
-        for folder, options in (("dev", "mode=0755,size=64k"), ("tmp", f"mode=1777,{size}"),
-                                ("dev/shm", f"mode=1777,{size}")):
-            os.makedirs(f"{NEW_ROOT}/{folder}", mode=0o755, exist_ok=True)
-            _mount("tmpfs", f"{NEW_ROOT}/{folder}", "tmpfs", MS_NOSUID | MS_NODEV, options)
-        for fd, path, flags in sources:
-            _bind(fd, NEW_ROOT + path, flags)
-        for path, target in links.items():
-            os.symlink(target, NEW_ROOT + path)
-        for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
-                             ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
-            os.symlink(target, f"{NEW_ROOT}/dev/{name}")
-        passwd, group = _users_file(uid, gid)
-        os.makedirs(f"{NEW_ROOT}/etc", mode=0o755, exist_ok=True)
-        with open(NEW_ROOT + VIEW_MARKER, "w") as handle:
-            handle.write("This root holds only what a pruning job needs.\n")
-        for name, text in (("passwd", passwd), ("group", group), ("hostname", "edgeai-job\n")):
-            with open(f"{NEW_ROOT}/etc/{name}", "w") as handle:
-                handle.write(text)
-        if with_proc:
-            os.makedirs(f"{NEW_ROOT}/proc", mode=0o555, exist_ok=True)
-            _mount("proc", f"{NEW_ROOT}/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        _assemble(sources, uid, gid, tmpfs_mb, with_proc)
     finally:
         for fd, _, _ in sources:
             os.close(fd)

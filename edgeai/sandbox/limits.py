@@ -31,7 +31,7 @@ class Limits:
         }
 
 
-def limits_from_settings(settings) -> Limits:  # noqa: ANN001 - edgeai.config.Settings
+def limits_from_settings(settings) -> Limits:
     """Build :class:`Limits` from the service settings."""
     return Limits(timeout=settings.job_timeout, memory_mb=settings.job_memory_mb,
                   threads=settings.job_threads)

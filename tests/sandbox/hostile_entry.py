@@ -14,7 +14,7 @@ import os
 from edgeai.pruning import PruneResult
 
 
-def run(job):  # noqa: ANN001, ANN201 - PruneJob -> PruneResult
+def run(job):
     """Execute the attack in ``job.inputs["class_def"]``; return what it gathered."""
     with open(job.inputs["class_def"]) as handle:
         source = handle.read()

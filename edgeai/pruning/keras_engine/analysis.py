@@ -31,7 +31,7 @@ L = keras.layers
 CHANNEL_STATISTICS = (L.LayerNormalization, L.GroupNormalization, L.Softmax)
 
 
-def filter_l1(layer) -> np.ndarray:  # noqa: ANN001
+def filter_l1(layer) -> np.ndarray:
     """L1 norm of each output filter's kernel (one value per output channel)."""
     if isinstance(layer, SEPARABLE):
         kernel = np.abs(layer.pointwise_kernel.numpy())
@@ -42,7 +42,7 @@ def filter_l1(layer) -> np.ndarray:  # noqa: ANN001
     return kernel.reshape(-1, kernel.shape[-1]).sum(axis=0)
 
 
-def analyse(model) -> tuple[Analysis, ChannelGraph]:  # noqa: ANN001
+def analyse(model) -> tuple[Analysis, ChannelGraph]:
     """The model's producers (by path) and channel groups; the graph for the rewrite.
 
     Raises ValueError for a model without a layer graph.
@@ -129,7 +129,7 @@ def _inexact(records: list[LayerRecord]) -> str | None:
     return None
 
 
-def _channel_layout(graph: ChannelGraph, channel_roots: list[int]):  # noqa: ANN202
+def _channel_layout(graph: ChannelGraph, channel_roots: list[int]):
     """None if no grouped layer constrains these channels; else (channels in block order,
     blocks); or a reason string when the constraints cannot be met together."""
     wanted = set(channel_roots)

@@ -53,12 +53,12 @@ ELEMENTWISE_OPS = {
 }
 
 
-def is_producer(layer) -> bool:  # noqa: ANN001
+def is_producer(layer) -> bool:
     """Does ``layer`` create output channels of its own (a prunable filter bank)?"""
     return isinstance(layer, CONV + CONV_T + SEPARABLE + (L.Dense,))
 
 
-def is_depthwise_grouped(layer) -> bool:  # noqa: ANN001
+def is_depthwise_grouped(layer) -> bool:
     """A plain convolution whose groups equal its input and output channels."""
     groups = getattr(layer, "groups", 1)
     if groups <= 1 or not isinstance(layer, CONV) or not layer.built:
@@ -66,7 +66,7 @@ def is_depthwise_grouped(layer) -> bool:  # noqa: ANN001
     return int(layer.kernel.shape[-2]) == 1 and groups == int(layer.filters)
 
 
-def producer_width(layer) -> int:  # noqa: ANN001
+def producer_width(layer) -> int:
     """Output channels (filters or units) of a producer."""
     return int(layer.units if isinstance(layer, L.Dense) else layer.filters)
 
@@ -128,7 +128,7 @@ class ChannelGraph:
     # blocks loses the same positions.
     constraints: list[tuple[np.ndarray, int, str]] = field(default_factory=list)
 
-    def record(self, layer, path: str) -> LayerRecord:  # noqa: ANN001
+    def record(self, layer, path: str) -> LayerRecord:
         key = id(layer)
         if key not in self.records:
             self.records[key] = LayerRecord(layer, path)
@@ -144,12 +144,12 @@ class ChannelGraph:
             self.uf.union(x, y)
 
 
-def _channel_dim(tensor) -> int | None:  # noqa: ANN001
+def _channel_dim(tensor) -> int | None:
     shape = tuple(tensor.shape)
     return int(shape[-1]) if shape and shape[-1] is not None else None
 
 
-def _layers_graph(model):  # noqa: ANN001, ANN202
+def _layers_graph(model):
     """(nodes by depth, inputs, outputs) of a functional or Sequential model."""
     graph = model
     if not hasattr(model, "_nodes_by_depth") or not model._nodes_by_depth:
@@ -157,7 +157,7 @@ def _layers_graph(model):  # noqa: ANN001, ANN202
     return graph._nodes_by_depth, list(graph.inputs), list(graph.outputs)
 
 
-def build_graph(model) -> ChannelGraph:  # noqa: ANN001
+def build_graph(model) -> ChannelGraph:
     """Trace ``model`` into a :class:`ChannelGraph`. Raises ValueError for a model
     that is not a functional or Sequential graph (a subclassed model)."""
     graph = ChannelGraph()
@@ -177,7 +177,7 @@ def build_graph(model) -> ChannelGraph:  # noqa: ANN001
     return graph
 
 
-def _walk(graph: ChannelGraph, model, maps: dict[int, np.ndarray], prefix: str) -> None:  # noqa: ANN001
+def _walk(graph: ChannelGraph, model, maps: dict[int, np.ndarray], prefix: str) -> None:
     nodes, inputs, _ = _layers_graph(model)
     for depth in sorted(nodes, reverse=True):
         for node in nodes[depth]:
@@ -195,7 +195,7 @@ def _walk(graph: ChannelGraph, model, maps: dict[int, np.ndarray], prefix: str) 
                 maps[id(tensor)] = elements
 
 
-def _fresh_frozen(graph: ChannelGraph, node, name: str, reason: str) -> list[np.ndarray]:  # noqa: ANN001
+def _fresh_frozen(graph: ChannelGraph, node, name: str, reason: str) -> list[np.ndarray]:
     out = []
     for tensor in node.outputs:
         elements = graph.uf.make(_channel_dim(tensor) or 1)
@@ -248,7 +248,7 @@ class Visit:
         return _fresh_frozen(self.graph, self.node, self.name, reason)
 
 
-def _visit(graph: ChannelGraph, layer, node, in_maps: list[np.ndarray],  # noqa: ANN001
+def _visit(graph: ChannelGraph, layer, node, in_maps: list[np.ndarray],
            name: str) -> list[np.ndarray]:
     visit = Visit(graph, layer, node, in_maps, name, graph.record(layer, name))
     for matches, handle in HANDLERS:
@@ -401,14 +401,14 @@ HANDLERS = [
 ]
 
 
-def _last_axis_only(layer, node) -> bool:  # noqa: ANN001
+def _last_axis_only(layer, node) -> bool:
     axis = layer.axis
     rank = len(node.outputs[0].shape)
     axes = axis if isinstance(axis, (list, tuple)) else [axis]
     return [a % rank for a in axes] == [rank - 1]
 
 
-def _merge(graph: ChannelGraph, node, in_maps: list[np.ndarray], name: str) -> list[np.ndarray]:  # noqa: ANN001
+def _merge(graph: ChannelGraph, node, in_maps: list[np.ndarray], name: str) -> list[np.ndarray]:
     """Element-wise combination: equal widths tie channel to channel; width 1 broadcasts."""
     widths = {len(m) for m in in_maps}
     if len(widths) == 1:
@@ -425,7 +425,7 @@ def _merge(graph: ChannelGraph, node, in_maps: list[np.ndarray], name: str) -> l
     return _fresh_frozen(graph, node, name, "inputs of different widths")
 
 
-def _only_unit_axes(node) -> bool:  # noqa: ANN001
+def _only_unit_axes(node) -> bool:
     """Does a Reshape only add or drop size-1 axes in front of an unchanged last axis?"""
     before = tuple(node.input_tensors[0].shape)[1:]
     after = tuple(node.outputs[0].shape)[1:]
@@ -434,13 +434,13 @@ def _only_unit_axes(node) -> bool:  # noqa: ANN001
     return all(d == 1 for d in before[:-1]) and all(d == 1 for d in after[:-1])
 
 
-def iterate_layers(model):  # noqa: ANN001, ANN201
+def iterate_layers(model):
     """Every layer, nested models' layers included (each object once)."""
     for _, layer in iterate_paths(model):
         yield layer
 
 
-def iterate_paths(model, prefix: str = ""):  # noqa: ANN001, ANN201
+def iterate_paths(model, prefix: str = ""):
     """(path, layer) for every layer, nested ones as ``outer/inner`` (each object once)."""
     seen: set[int] = set()
     stack = [(prefix + layer.name, layer) for layer in reversed(model.layers)]

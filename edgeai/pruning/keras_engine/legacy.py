@@ -41,7 +41,7 @@ def _walk(config: Any, widths: dict[str, dict[str, Any]]) -> None:
             _walk(item, widths)
 
 
-def save_as_keras2(original_h5: Path, pruned, out_path: Path) -> None:  # noqa: ANN001
+def save_as_keras2(original_h5: Path, pruned, out_path: Path) -> None:
     """Rebuild ``pruned`` (a Keras 3 model) in tf_keras from ``original_h5``'s config
     and save it to ``out_path`` as a Keras 2 ``.h5``. Raises on any mismatch."""
     import tf_keras
@@ -75,7 +75,7 @@ def save_as_keras2(original_h5: Path, pruned, out_path: Path) -> None:  # noqa: 
         rebuilt.save(out_path, save_format="tf")
 
 
-def _iterate_tf_keras(model):  # noqa: ANN001, ANN202
+def _iterate_tf_keras(model):
     for layer in model.layers:
         yield layer
         if hasattr(layer, "layers"):

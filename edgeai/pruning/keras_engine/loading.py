@@ -108,7 +108,7 @@ def _load_keras3(path: Path, kind: str) -> KerasFile:
     return KerasFile(model, kind, compile_config)
 
 
-def save(model, loaded: KerasFile, out_dir: str, stem: str, workdir: Path) -> str:  # noqa: ANN001
+def save(model, loaded: KerasFile, out_dir: str, stem: str, workdir: Path) -> str:
     """Write ``model`` in the uploaded format; return the artifact's file name."""
     if loaded.compile_config:
         try:

@@ -10,11 +10,11 @@ from edgeai.pruning.keras_engine.graph import CONV, CONV_T, DEPTHWISE, SEPARABLE
 L = keras.layers
 
 
-def _prod(shape) -> int:  # noqa: ANN001
+def _prod(shape) -> int:
     return int(math.prod(d for d in shape if d is not None))
 
 
-def layer_macs(layer, in_shape, out_shape) -> int:  # noqa: ANN001
+def layer_macs(layer, in_shape, out_shape) -> int:
     """Multiply-accumulates of one call of ``layer`` for one sample."""
     kernel_size = _prod(getattr(layer, "kernel_size", ()) or (1,))
     if isinstance(layer, L.Dense):
@@ -34,7 +34,7 @@ def layer_macs(layer, in_shape, out_shape) -> int:  # noqa: ANN001
     return 0
 
 
-def count_macs(model) -> int:  # noqa: ANN001
+def count_macs(model) -> int:
     """Total multiply-accumulates per sample over every call of every layer."""
     total = 0
     for layer in iterate_layers(model):
@@ -46,7 +46,7 @@ def count_macs(model) -> int:  # noqa: ANN001
     return int(total)
 
 
-def summary_text(model) -> str:  # noqa: ANN001
+def summary_text(model) -> str:
     """``model.summary()`` as plain text."""
     lines: list[str] = []
     model.summary(print_fn=lambda text, line_break=False: lines.append(text))

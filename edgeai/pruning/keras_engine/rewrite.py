@@ -55,7 +55,7 @@ def zero_out(array: np.ndarray, axis: int, keep: np.ndarray) -> np.ndarray:
     return np.where(keep.reshape(shape), array, 0).astype(array.dtype)
 
 
-def sliced_weights(layer, record, removal: Removal, _slice: Cut = slice_out,  # noqa: ANN001
+def sliced_weights(layer, record, removal: Removal, _slice: Cut = slice_out,
                    ) -> list[np.ndarray] | None:
     """The layer's weights with removed channels cut out (or zeroed, with ``zero_out``),
     or None to keep them as they are."""
@@ -109,7 +109,7 @@ def sliced_weights(layer, record, removal: Removal, _slice: Cut = slice_out,  # 
     return None
 
 
-def mask_model(model, removal: Removal):  # noqa: ANN001, ANN201
+def mask_model(model, removal: Removal):
     """Zero, in ``model`` itself, every weight that reads or writes a removed channel."""
     for layer in iterate_layers(model):
         record = removal.graph.records.get(id(layer))
@@ -124,49 +124,56 @@ def mask_model(model, removal: Removal):  # noqa: ANN001, ANN201
     return model
 
 
-def rewrite_model(model, removal: Removal):  # noqa: ANN001, ANN201
-    """Clone ``model`` with the reduced widths and sliced weights; returns the new model."""
-    graph = removal.graph
-    records = graph.records
-    new_width: dict[int, int] = {}
-    for key, record in records.items():
-        if record.space is not None and is_producer(record.layer):
-            new_width[key] = int(removal.alive(record.space).sum())
-    originals: dict[str, object] = {}
-
-    def clone_layer(layer):  # noqa: ANN001, ANN202
-        if isinstance(layer, keras.Model):
-            return clone_nested(layer)
-        config = layer.get_config()
-        record = records.get(id(layer))
-        if isinstance(layer, L.Reshape) and record is not None and record.in_map is not None:
-            alive = int(removal.alive(record.in_map).sum())
-            config["target_shape"] = tuple(config["target_shape"][:-1]) + (alive,)
-        if type(layer).__name__ == "LayerScale" and record is not None \
-                and record.in_map is not None and "projection_dim" in config:
-            config["projection_dim"] = int(removal.alive(record.in_map).sum())
-        if is_depthwise_grouped(layer) and record is not None and record.in_map is not None:
-            alive = int(removal.alive(record.in_map).sum())
-            config["filters"] = config["groups"] = alive
-        width = new_width.get(id(layer))
-        if width is not None and width != producer_width(layer):
+def pruned_config(layer, removal: Removal) -> dict:
+    """``layer``'s config with the widths the removal leaves it."""
+    config = layer.get_config()
+    record = removal.graph.records.get(id(layer))
+    alive_in = (int(removal.alive(record.in_map).sum())
+                if record is not None and record.in_map is not None else None)
+    if alive_in is not None and isinstance(layer, L.Reshape):
+        config["target_shape"] = tuple(config["target_shape"][:-1]) + (alive_in,)
+    if alive_in is not None and type(layer).__name__ == "LayerScale" \
+            and "projection_dim" in config:
+        config["projection_dim"] = alive_in
+    if alive_in is not None and is_depthwise_grouped(layer):
+        config["filters"] = config["groups"] = alive_in
+    if record is not None and record.space is not None and is_producer(layer):
+        width = int(removal.alive(record.space).sum())
+        if width != producer_width(layer):
             config["units" if isinstance(layer, L.Dense) else "filters"] = width
-        # Every weight is overwritten below, so build with cheap zero initializers
-        # (random ones cost a third of the rewrite), then restore the originals so
-        # the saved config still names the user's initializers.
-        restore = {}
-        for key in list(config):
-            if key.endswith("_initializer") and config[key] is not None:
-                restore[key] = getattr(layer, key, None)
-                config[key] = "zeros"
-        clone = layer.__class__.from_config(config)
-        for key, initializer in restore.items():
-            if initializer is not None:
-                setattr(clone, key, initializer)
+    return config
+
+
+def _cheap_clone(layer, config: dict):
+    """``layer``'s class from ``config``, built with zero initializers (every weight is
+    overwritten; random ones cost a third of the rewrite), the user's initializers put
+    back so that the saved config still names them."""
+    restore = {}
+    for key in list(config):
+        if key.endswith("_initializer") and config[key] is not None:
+            restore[key] = getattr(layer, key, None)
+            config[key] = "zeros"
+    clone = layer.__class__.from_config(config)
+    for key, initializer in restore.items():
+        if initializer is not None:
+            setattr(clone, key, initializer)
+    return clone
+
+
+def rewrite_model(model, removal: Removal):
+    """Clone ``model`` with the reduced widths and sliced weights; returns the new model."""
+    records = removal.graph.records
+    originals: dict[int, object] = {}
+
+    def clone_layer(layer):
+        if isinstance(layer, keras.Model):
+            clone = clone_nested(layer)
+        else:
+            clone = _cheap_clone(layer, pruned_config(layer, removal))
         originals[id(clone)] = layer
         return clone
 
-    def clone_nested(inner):  # noqa: ANN001, ANN202
+    def clone_nested(inner):
         # A nested model's Input has a fixed shape: give it the pruned width.
         record = records.get(id(inner))
         inputs = []
@@ -175,10 +182,8 @@ def rewrite_model(model, removal: Removal):  # noqa: ANN001, ANN201
             if record is not None and record.in_maps and index < len(record.in_maps):
                 shape = shape[:-1] + (int(removal.alive(record.in_maps[index]).sum()),)
             inputs.append(keras.Input(shape=shape, dtype=tensor.dtype))
-        clone = keras.models.clone_model(inner, input_tensors=inputs if len(inputs) > 1
-                                         else inputs[0], clone_function=clone_layer)
-        originals[id(clone)] = inner
-        return clone
+        return keras.models.clone_model(inner, input_tensors=inputs if len(inputs) > 1
+                                        else inputs[0], clone_function=clone_layer)
 
     rebuilt = keras.models.clone_model(model, clone_function=clone_layer)
     for new_layer in iterate_layers(rebuilt):

@@ -112,6 +112,97 @@ def _check_attribute_name(name: str, line: int, own: bool) -> None:
         raise _fail(line, f"private attribute '{name}' is not allowed")
 
 
+class _Checker:
+    """The per-node checks of :func:`check_class_file`, one method per kind of node,
+    called in ``ast.walk`` order (outer nodes first)."""
+
+    def __init__(self) -> None:
+        # name -> dotted module path it was imported as (``nn`` -> ``torch.nn``).
+        self.modules: dict[str, str] = {}
+        self.approved_calls: set[int] = set()
+
+    def check(self, node: ast.AST) -> None:
+        method = getattr(self, f"visit_{type(node).__name__}", None)
+        if method is not None:
+            method(node, getattr(node, "lineno", 0))
+
+    def _check_path(self, dotted: str, line: int) -> None:
+        """An imported ``a.b.c``: torch's forbidden parts and refused names."""
+        parts = dotted.split(".")
+        if parts[0] == "torch":
+            _check_torch_path(parts[1:], line)
+        for part in parts[1:]:
+            _check_attribute_name(part, line, own=False)
+
+    def visit_Import(self, node: ast.Import, line: int) -> None:
+        for alias in node.names:
+            root = alias.name.split(".")[0]
+            if root not in ALLOWED_MODULES:
+                raise _fail(line, f"import of '{alias.name}' is not allowed")
+            if root == "torch" and alias.name.split(".")[1:2] == ["utils"] \
+                    and len(alias.name.split(".")) < 3:
+                _check_torch_path(alias.name.split(".")[1:], line)
+                raise _fail(line, "torch.utils is not allowed")
+            self._check_path(alias.name, line)
+            self.modules[alias.asname or root] = alias.name if alias.asname else root
+
+    def visit_ImportFrom(self, node: ast.ImportFrom, line: int) -> None:
+        module = node.module or ""
+        root = module.split(".")[0]
+        if node.level or root not in ALLOWED_MODULES:
+            raise _fail(line, f"import from '{'.' * node.level}{module}' is not allowed")
+        for alias in node.names:
+            if alias.name == "*":
+                raise _fail(line, f"'from {module} import *' is not allowed")
+            full = f"{module}.{alias.name}"
+            self._check_path(full, line)
+            if alias.name in FORBIDDEN_NAMES:
+                raise _fail(line, f"'{alias.name}' is not allowed")
+            self.modules[alias.asname or alias.name] = full
+
+    def visit_Call(self, node: ast.Call, line: int) -> None:
+        func = node.func
+        if isinstance(func, ast.Name) and func.id in LITERAL_ATTRIBUTE_CALLS:
+            name = node.args[1] if len(node.args) >= 2 else None
+            if not (isinstance(name, ast.Constant) and isinstance(name.value, str)):
+                raise _fail(line, f"'{func.id}' with a computed attribute name is not allowed")
+            _check_attribute_name(name.value, line, own=False)
+            self.approved_calls.add(id(func))
+
+    def visit_Name(self, node: ast.Name, line: int) -> None:
+        if node.id in FORBIDDEN_NAMES and id(node) not in self.approved_calls \
+                and node.id not in LITERAL_ATTRIBUTE_CALLS:
+            raise _fail(line, f"'{node.id}' is not allowed")
+        if node.id.startswith("__") and node.id.endswith("__") \
+                and node.id not in ALLOWED_DUNDERS:
+            raise _fail(line, f"'{node.id}' is not allowed")
+
+    def visit_Attribute(self, node: ast.Attribute, line: int) -> None:
+        # ast.walk meets the outermost attribute first: check its whole chain from the
+        # root outward, so the message names the first part that is refused.
+        base, parts = _chain(node)
+        if isinstance(base, ast.Name) and base.id in self.modules:
+            full = self.modules[base.id].split(".") + parts
+            if full[0] == "torch":
+                _check_torch_path(full[1:], line)
+        own = isinstance(base, ast.Name) and base.id in OWN_ROOTS
+        for part in parts:
+            _check_attribute_name(part, line, own=own)
+
+    def visit_Constant(self, node: ast.Constant, line: int) -> None:
+        if isinstance(node.value, str) and "__" in node.value and any(
+                d in node.value for d in ("__globals__", "__builtins__", "__subclasses__",
+                                          "__import__")):
+            raise _fail(line, "strings naming interpreter internals are not allowed")
+
+    def unapproved_getattr(self, tree: ast.Module) -> None:
+        """getattr & co. left without a call (``f = getattr``) were not approved."""
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Name) and node.id in LITERAL_ATTRIBUTE_CALLS \
+                    and node.id != "hasattr" and id(node) not in self.approved_calls:
+                raise _fail(node.lineno, f"'{node.id}' is not allowed")
+
+
 def check_class_file(source: str) -> ast.Module:
     """Parse ``source`` and refuse anything outside the allowed subset.
 
@@ -122,79 +213,10 @@ def check_class_file(source: str) -> ast.Module:
     except SyntaxError as error:
         raise UnsafeInputError(f"class_def line {error.lineno}: not valid Python "
                                f"({error.msg}).") from None
-    # name -> dotted module path it was imported as (``nn`` -> ``torch.nn``).
-    modules: dict[str, str] = {}
-    approved_calls: set[int] = set()
+    checker = _Checker()
     for node in ast.walk(tree):
-        line = getattr(node, "lineno", 0)
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                root = alias.name.split(".")[0]
-                if root not in ALLOWED_MODULES:
-                    raise _fail(line, f"import of '{alias.name}' is not allowed")
-                if root == "torch":
-                    _check_torch_path(alias.name.split(".")[1:], line)
-                    if alias.name.split(".")[1:2] == ["utils"] and len(alias.name.split(".")) < 3:
-                        raise _fail(line, "torch.utils is not allowed")
-                for part in alias.name.split(".")[1:]:
-                    _check_attribute_name(part, line, own=False)
-                if alias.asname:
-                    modules[alias.asname] = alias.name
-                else:
-                    modules[root] = root
-        elif isinstance(node, ast.ImportFrom):
-            module = node.module or ""
-            root = module.split(".")[0]
-            if node.level or root not in ALLOWED_MODULES:
-                raise _fail(line, f"import from '{'.' * node.level}{module}' is not allowed")
-            for alias in node.names:
-                if alias.name == "*":
-                    raise _fail(line, f"'from {module} import *' is not allowed")
-                full = f"{module}.{alias.name}"
-                if root == "torch":
-                    _check_torch_path(full.split(".")[1:], line)
-                for part in full.split(".")[1:]:
-                    _check_attribute_name(part, line, own=False)
-                if alias.name in FORBIDDEN_NAMES:
-                    raise _fail(line, f"'{alias.name}' is not allowed")
-                modules[alias.asname or alias.name] = full
-        elif isinstance(node, ast.Call):
-            func = node.func
-            if isinstance(func, ast.Name) and func.id in LITERAL_ATTRIBUTE_CALLS:
-                name = node.args[1] if len(node.args) >= 2 else None
-                if not (isinstance(name, ast.Constant) and isinstance(name.value, str)):
-                    raise _fail(line, f"'{func.id}' with a computed attribute name is not "
-                                      "allowed")
-                _check_attribute_name(name.value, line, own=False)
-                approved_calls.add(id(func))
-        elif isinstance(node, ast.Name):
-            if node.id in FORBIDDEN_NAMES and id(node) not in approved_calls \
-                    and node.id not in LITERAL_ATTRIBUTE_CALLS:
-                raise _fail(line, f"'{node.id}' is not allowed")
-            if node.id.startswith("__") and node.id.endswith("__") \
-                    and node.id not in ALLOWED_DUNDERS:
-                raise _fail(line, f"'{node.id}' is not allowed")
-        elif isinstance(node, ast.Attribute):
-            # ast.walk meets the outermost attribute first: check its whole chain from
-            # the root outward, so the message names the first part that is refused.
-            base, parts = _chain(node)
-            if isinstance(base, ast.Name) and base.id in modules:
-                full = modules[base.id].split(".") + parts
-                if full[0] == "torch":
-                    _check_torch_path(full[1:], line)
-            own = isinstance(base, ast.Name) and base.id in OWN_ROOTS
-            for part in parts:
-                _check_attribute_name(part, line, own=own)
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
-            if "__" in node.value and any(d in node.value for d in ("__globals__", "__builtins__",
-                                                                     "__subclasses__",
-                                                                     "__import__")):
-                raise _fail(line, "strings naming interpreter internals are not allowed")
-    # getattr & co. left without a call (``f = getattr``) were not approved above.
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Name) and node.id in LITERAL_ATTRIBUTE_CALLS \
-                and node.id != "hasattr" and id(node) not in approved_calls:
-            raise _fail(node.lineno, f"'{node.id}' is not allowed")
+        checker.check(node)
+    checker.unapproved_getattr(tree)
     return tree
 
 

@@ -48,7 +48,7 @@ ALLOWED_GLOBALS = {
 class _RestrictedUnpickler(pickle.Unpickler):
     """An Unpickler that resolves only :data:`ALLOWED_GLOBALS`."""
 
-    def find_class(self, module: str, name: str):  # noqa: ANN201
+    def find_class(self, module: str, name: str):
         if (module, name) in ALLOWED_GLOBALS or (module == "torch" and name.endswith("Storage")
                                                  and name[0].isupper()):
             return super().find_class(module, name)
@@ -56,7 +56,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
                                f"allowed (it could run code when loaded). {SEND_INSTEAD}")
 
 
-def _restricted_load(file, **kwargs):  # noqa: ANN001, ANN202 - pickle.load's signature
+def _restricted_load(file, **kwargs):
     """``pickle.load`` through the allow-list.
 
     torch.load's legacy (non-zip) reader calls ``pickle_module.load`` for the
@@ -74,7 +74,7 @@ restricted_pickle.load = _restricted_load
 restricted_pickle.__name__ = "edgeai_restricted_pickle"
 
 
-def _from_object(obj) -> tuple[torch.Tensor, torch.Tensor | None]:  # noqa: ANN001
+def _from_object(obj) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Pull ``(x, y)`` out of what the upload held."""
     from torch.utils.data import DataLoader, Subset, TensorDataset
 

@@ -12,7 +12,7 @@ from edgeai.pruning.base import PruningError, UnsafeInputError
 WEIGHT_WRAPPERS = ("state_dict", "model_state_dict", "model")
 
 
-def build_model(module, model_name: str) -> nn.Module:  # noqa: ANN001 - the user's module
+def build_model(module, model_name: str) -> nn.Module:
     """Instantiate ``model_name`` from the user's module with no arguments.
 
     Raises :class:`PruningError` if the class is missing, is not an ``nn.Module``,

@@ -67,10 +67,10 @@ class RecurrentInputPruner(tp.pruner.function.BasePruningFunc):
 
     TARGET_MODULES = (nn.GRU, nn.LSTM, nn.RNN)
 
-    def prune_out_channels(self, layer: nn.Module, idxs):  # noqa: ANN001
+    def prune_out_channels(self, layer: nn.Module, idxs):
         raise ValueError(f"{type(layer).__name__} hidden units are not pruned")
 
-    def prune_in_channels(self, layer: nn.Module, idxs):  # noqa: ANN001
+    def prune_in_channels(self, layer: nn.Module, idxs):
         keep = [i for i in range(layer.input_size) if i not in set(idxs)]
         names = ["weight_ih_l0"] + (["weight_ih_l0_reverse"] if layer.bidirectional else [])
         for name in names:
@@ -130,12 +130,12 @@ def filter_l1(module: nn.Module) -> torch.Tensor:
     return weight.reshape(weight.shape[0], -1).sum(1)
 
 
-def _is_out_fn(dep) -> bool:  # noqa: ANN001 - a torch-pruning Dependency
+def _is_out_fn(dep) -> bool:
     name = getattr(dep.handler, "__name__", str(dep.handler))
     return "out_channels" in name
 
 
-def group_scores(group, root_channels: int) -> torch.Tensor:  # noqa: ANN001 - tp Group
+def group_scores(group, root_channels: int) -> torch.Tensor:
     """Summed L1 norms of every producer whose output channels the group removes."""
     scores = torch.zeros(root_channels, dtype=torch.float64)
     for item in group:
@@ -157,7 +157,7 @@ CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d
          nn.ConvTranspose3d)
 
 
-def channel_groups(group) -> int:  # noqa: ANN001
+def channel_groups(group) -> int:
     """How many equal channel groups the group's channels fall into.
 
     A grouped convolution (not depthwise) or a GroupNorm splits channels into
@@ -212,7 +212,7 @@ def _layers(model: nn.Module) -> tuple[list[LayerInfo], set[str], set[str]]:
     return list(layers.values()), set(inside), projections
 
 
-def _blocked(group, names: dict) -> tuple[LayerStatus, str] | None:  # noqa: ANN001 - tp Group
+def _blocked(group, names: dict) -> tuple[LayerStatus, str] | None:
     """Why torch-pruning's ``group`` must stay whole, or None."""
     for item in group:
         target = item.dep.target
@@ -231,7 +231,7 @@ def _blocked(group, names: dict) -> tuple[LayerStatus, str] | None:  # noqa: ANN
     return None
 
 
-def _inexact(group) -> str | None:  # noqa: ANN001 - tp Group
+def _inexact(group) -> str | None:
     for item in group:
         if isinstance(item.dep.target.module, (nn.LayerNorm, nn.GroupNorm)):
             return f"pass through {type(item.dep.target.module).__name__}, whose statistics " \
@@ -277,7 +277,7 @@ def analyse(model: nn.Module, example: torch.Tensor) -> Analysis:
     return Analysis(layers=layers, groups=groups)
 
 
-def _pruning_group(graph: tp.DependencyGraph, model: nn.Module, key: str, idxs: list[int]):  # noqa: ANN202
+def _pruning_group(graph: tp.DependencyGraph, model: nn.Module, key: str, idxs: list[int]):
     root = model.get_submodule(key)
     return graph.get_pruning_group(root, graph.get_pruner_of_module(root).prune_out_channels,
                                    idxs=idxs)
@@ -375,7 +375,7 @@ def layer_outputs(model: nn.Module, batch: torch.Tensor, names: list[str],
         except AttributeError:
             continue
 
-        def hook(_module, _inputs, output, name=name):  # noqa: ANN001, ANN202
+        def hook(_module, _inputs, output, name=name):
             tensor = output[0] if isinstance(output, (tuple, list)) else output
             if isinstance(tensor, torch.Tensor):
                 captured[name] = tensor.detach().numpy()

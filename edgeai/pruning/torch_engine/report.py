@@ -50,7 +50,7 @@ def fallback_summary(model: nn.Module, input_size: list[int], error: Exception) 
     rows: list[tuple[str, str, int]] = []
     counts: dict[str, int] = {}
 
-    def first_shape(output):  # noqa: ANN001, ANN202
+    def first_shape(output):
         if isinstance(output, torch.Tensor):
             return [-1] + list(output.shape[1:])
         for item in output if isinstance(output, (list, tuple)) else []:
@@ -58,7 +58,7 @@ def fallback_summary(model: nn.Module, input_size: list[int], error: Exception) 
                 return [-1] + list(item.shape[1:])
         return []
 
-    def hook(module, _inputs, output):  # noqa: ANN001, ANN202
+    def hook(module, _inputs, output):
         kind = type(module).__name__
         counts[kind] = counts.get(kind, 0) + 1
         params = sum(p.numel() for p in module.parameters(recurse=False))

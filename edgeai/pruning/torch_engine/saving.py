@@ -55,7 +55,7 @@ class _SampleBySample(nn.Module):
         super().__init__()
         self.module = module
 
-    def forward(self, batch: torch.Tensor):  # noqa: ANN201 - whatever the program returns
+    def forward(self, batch: torch.Tensor):
         outputs = [self.module(sample[None]) for sample in batch]
         if isinstance(outputs[0], torch.Tensor):
             return torch.cat(outputs)

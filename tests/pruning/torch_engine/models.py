@@ -6,7 +6,7 @@ family name to ``(source, input_size)``; the class is always ``Net`` with no arg
 from __future__ import annotations
 
 # The guide's Net, kept in one place (the end-to-end tests use it too).
-from tests.e2e.guide import GUIDE_NET_SOURCE  # noqa: E402, F401
+from tests.e2e.guide import GUIDE_NET_SOURCE  # noqa: F401
 
 RESNET = ("""
 import torch
