@@ -65,12 +65,12 @@ def read_params(spec: EngineSpec, args: Mapping[str, str]) -> dict[str, Any]:
     primary = {alias: param.name for param in spec.params for alias in param.aliases}
     refuse_unknown(args.keys(), accepted_parameters(spec), "parameter", primary)
     values = {}
-    for param in spec.params:
-        raw = _given(param, args)
-        try:
-            values[param.key] = param.parse(raw)
-        except ParameterError as error:
-            raise BadRequest(str(error)) from None
+    try:
+        for param in spec.params:
+            values[param.key] = param.parse(_given(param, args))
+        spec.check(values)
+    except ParameterError as error:
+        raise BadRequest(str(error)) from None
     return values
 
 

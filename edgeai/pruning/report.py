@@ -71,12 +71,55 @@ class Verification:
 
 
 @dataclass
+class ExportCheck:
+    """One deploy-format file: made in the sandbox, run in its own runtime, compared."""
+
+    file: str | None = doc("The file's name (download it with format=...); None if not made")
+    passed: bool | None = doc("True: within tolerance; False: not made or differs (the "
+                              "download answers 409 with the detail); None: quantized, "
+                              "difference reported only")
+    max_abs_diff: float | None = doc("Largest absolute difference from the pruned model")
+    max_rel_diff: float | None = doc("That difference relative to the outputs' range")
+    tolerance: float | None = doc("Relative tolerance (None for quantized formats)")
+    size: int | None = doc("File size, bytes")
+    detail: str | None = doc("How it was made and checked, or why it failed")
+    seconds: float | None = doc("Time to make and check it")
+
+
+@dataclass
+class Latency:
+    """Median time of one forward pass, original against pruned, in one runtime."""
+
+    runtime: str = doc("keras (TensorFlow, compiled), tflite (LiteRT interpreter), torch "
+                       "(eager) or onnxruntime")
+    batch: int = doc("Samples per forward pass")
+    before_ms: float | None = doc("Original model, median milliseconds")
+    after_ms: float | None = doc("Pruned model, median milliseconds")
+    ratio: float | None = doc("after / before")
+    runs: int | None = doc("Timed runs per model (after two warm-up runs)")
+
+
+@dataclass
+class Speed:
+    """Latency measured on the server's CPU."""
+
+    threads: int = doc("Compute threads each runtime was given")
+    latencies: list[Latency] = doc("One row per runtime and batch size", default_factory=list)
+    detail: str | None = doc("How it was measured, or why a runtime was skipped")
+    seconds: float | None = doc("Time the measurement took")
+
+
+@dataclass
 class JobReport:
     """Everything a finished job reports."""
 
     framework: str = doc("tensorflow or pytorch")
     percent: float = doc("The requested fraction of channels to remove")
     rule: str = doc("How many channels a percent removes", default=RULE)
+    round_to: int = doc("Every pruned group keeps a multiple of this many channels", default=1)
+    target: dict[str, Any] | None = doc("The cost target asked for (metric, keep), the "
+                                        "fraction reached and the percent found",
+                                        omit_none=True)
     layers: list[LayerChange] = doc("Per-layer channels", default_factory=list)
     params_before: int | None = doc("Parameters before pruning")
     params_after: int | None = doc("Parameters after pruning")
@@ -84,6 +127,9 @@ class JobReport:
     macs_after: int | None = doc("Multiply-accumulates per sample after")
     file_size_before: int | None = doc("Uploaded model file size, bytes")
     file_size_after: int | None = doc("Pruned model file size, bytes")
+    params_ratio: float | None = doc("params_after / params_before")
+    macs_ratio: float | None = doc("macs_after / macs_before")
+    file_size_ratio: float | None = doc("file_size_after / file_size_before")
     accuracy_before: float | None = doc("Accuracy on the uploaded dataset, before",
                                         omit_none=True)
     accuracy_after: float | None = doc("Accuracy on the uploaded dataset, after",
@@ -92,6 +138,10 @@ class JobReport:
                                     default_factory=dict)
     verification: Verification = doc("Exactness and round-trip checks",
                                      default_factory=Verification)
+    exports: dict[str, ExportCheck] = doc("Deploy formats asked for (formats=...), each "
+                                          "checked in its runtime", default_factory=dict)
+    speed: Speed | None = doc("Latency before and after (measure=false skips it)",
+                              omit_none=True)
     warnings: list[str] = doc("Things worth knowing", default_factory=list)
     artifacts: dict[str, str | None] = doc("Downloadable formats and their file names",
                                            default_factory=dict)
@@ -103,6 +153,14 @@ class JobReport:
     def to_dict(self) -> dict[str, Any]:
         """The report as JSON-ready data (enums as their values)."""
         return _plain(self)
+
+    def fill_ratios(self) -> None:
+        """params_ratio, macs_ratio and file_size_ratio from the before/after figures."""
+        for name, before, after in (("params", self.params_before, self.params_after),
+                                    ("macs", self.macs_before, self.macs_after),
+                                    ("file_size", self.file_size_before, self.file_size_after)):
+            if before and after is not None:
+                setattr(self, f"{name}_ratio", round(after / before, 4))
 
 
 def _plain(value: Any) -> Any:

@@ -60,7 +60,11 @@ class FileRole:
 
 @dataclass(frozen=True)
 class EngineSpec:
-    """One framework's submit call, parameters, files and download formats."""
+    """One framework's submit call, parameters, files and download formats.
+
+    ``check`` sees every parsed value at once (``{key: value}``), for rules that
+    involve several parameters; it raises :class:`ParameterError`.
+    """
 
     name: str
     endpoint: str
@@ -69,6 +73,7 @@ class EngineSpec:
     files: tuple[FileRole, ...]
     downloads: tuple[str, ...] = ("model",)
     download_help: str = "model: the pruned model, in the format uploaded"
+    check: Callable[[dict[str, Any]], None] = field(default=lambda values: None)
 
     def param(self, name: str) -> Param:
         """The parameter called ``name`` (or one of its aliases)."""
@@ -79,11 +84,15 @@ class EngineSpec:
 
 
 # -- parsers ---------------------------------------------------------------------
-def parse_percent(raw: str | None) -> float:
-    """``percent``: a fraction in [0, 1), e.g. ``0.4`` removes 40% of channels."""
-    allowed = "percent must be a fraction in [0, 1): 0.4 removes 40% of the channels"
+PERCENT_ALLOWED = "percent must be a fraction in [0, 1): 0.4 removes 40% of the channels"
+
+
+def parse_percent(raw: str | None) -> float | None:
+    """``percent``: a fraction in [0, 1), e.g. ``0.4`` removes 40% of channels; None
+    when absent (then ``target`` must be given; see :func:`check_percent_or_target`)."""
+    allowed = PERCENT_ALLOWED
     if raw is None or raw.strip() == "":
-        raise ParameterError(f"percent is required; {allowed}.")
+        return None
     try:
         value = float(raw)
     except ValueError:
@@ -149,14 +158,122 @@ def parse_class_name(raw: str | None) -> str:
     return name
 
 
+def parse_round_to(raw: str | None) -> int:
+    """``round_to``: every pruned group keeps a multiple of this many channels."""
+    if raw is None or raw.strip() == "":
+        return 1
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 1024:
+        raise ParameterError(f"round_to={raw[:20]!r} must be a whole number from 1 to 1024: "
+                             "every pruned group keeps a multiple of it (8 suits most CPUs).")
+    return value
+
+
+TARGET_METRICS = ("params", "macs")
+
+
+def parse_target(raw: str | None) -> dict[str, Any] | None:
+    """``target``: ``params:0.5`` or ``macs:0.5``, the fraction of the original to keep."""
+    if raw is None or raw.strip() == "":
+        return None
+    allowed = ("target must be params:F or macs:F with F the fraction of the original to "
+               "keep, in (0, 1), e.g. target=macs:0.5")
+    metric, _, fraction = raw.strip().partition(":")
+    try:
+        value = float(fraction)
+    except ValueError:
+        raise ParameterError(f"target={raw[:40]!r}: {allowed}.") from None
+    if metric not in TARGET_METRICS or not 0 < value < 1:
+        raise ParameterError(f"target={raw[:40]!r}: {allowed}.")
+    return {"metric": metric, "keep": value}
+
+
+def parse_switch(name: str, default: bool) -> Callable[[str | None], bool]:
+    """A parser for a yes/no parameter (true/false, 1/0, yes/no, on/off)."""
+
+    def parse(raw: str | None) -> bool:
+        if raw is None or raw.strip() == "":
+            return default
+        value = raw.strip().lower()
+        if value in ("true", "1", "yes", "on"):
+            return True
+        if value in ("false", "0", "no", "off"):
+            return False
+        raise ParameterError(f"{name}={raw[:20]!r} must be true or false.")
+
+    return parse
+
+
+def parse_batch_size(raw: str | None) -> int | None:
+    """``batch_size``: a batch size of your own to time the models at, besides 1."""
+    if raw is None or raw.strip() == "":
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 256:
+        raise ParameterError(f"batch_size={raw[:20]!r} must be a whole number from 1 to 256.")
+    return value
+
+
+def formats_param(allowed: tuple[str, ...]) -> Param:
+    """``formats``: deploy formats to make (and check) when the job runs."""
+
+    def parse(raw: str | None) -> list[str]:
+        chosen = []
+        for part in (raw or "").split(","):
+            name = part.strip().lower()
+            if not name:
+                continue
+            if name not in allowed:
+                raise ParameterError(f"formats: {name[:30]!r} is not a deploy format of this "
+                                     f"call; allowed: {', '.join(allowed)}.")
+            if name not in chosen:
+                chosen.append(name)
+        return chosen
+
+    return Param("formats", "Deploy formats to make and check when the job runs, "
+                 f"comma-separated: {', '.join(allowed)}. Each is run in its own runtime and "
+                 "compared with the pruned model; download it with format=<name>",
+                 parse, example=",".join(allowed))
+
+
+def check_percent_or_target(values: dict[str, Any]) -> None:
+    """Exactly one of ``percent`` (the guide's) and ``target`` says how much to prune."""
+    if values.get("percent") is None and values.get("target") is None:
+        raise ParameterError(f"percent is required (or target instead); {PERCENT_ALLOWED}.")
+    if values.get("percent") is not None and values.get("target") is not None:
+        raise ParameterError("Send percent or target, not both: percent removes that fraction "
+                             "of every group's channels; target searches the fraction that "
+                             "keeps that much of the parameters or MACs.")
+
+
 # -- what every engine takes ------------------------------------------------------
 PERCENT = Param(
     "percent", "Fraction of channels to remove from every prunable layer group, in [0, 1): "
-    "0.4 removes 40%", parse_percent, required=True,
+    "0.4 removes 40%. Required unless target is given.", parse_percent,
     schema={"type": "number", "minimum": 0, "maximum": 1, "exclusiveMaximum": True},
     example="0.4")
 OMMITTED = Param(
     "ommitted", "Comma-separated layer names to keep whole, e.g. fc1,fc2 (the guide's "
     "spelling; omitted and unprunable are accepted too). Model outputs are never pruned.",
     parse_layer_names, aliases=("omitted", "unprunable"), example="fc1,fc2", store_as="omitted")
-COMMON_PARAMS = (PERCENT, OMMITTED)
+ROUND_TO = Param(
+    "round_to", "Every pruned group keeps a multiple of this many channels (never fewer); "
+    "8 or 16 suit the SIMD width of most CPUs", parse_round_to, default=1,
+    schema={"type": "integer", "minimum": 1, "maximum": 1024}, example="8")
+TARGET = Param(
+    "target", "Instead of percent: the fraction of the original's params or MACs to keep, "
+    "e.g. macs:0.5; the uniform percent that meets it is searched", parse_target,
+    schema={"type": "string", "pattern": "^(params|macs):0?\\.[0-9]+$"}, example="macs:0.5")
+MEASURE = Param(
+    "measure", "Time the original and the pruned model on the server's CPU (false skips it)",
+    parse_switch("measure", True), default=True, schema={"type": "boolean"}, example="true")
+BATCH_SIZE = Param(
+    "batch_size", "A batch size to time the models at, besides 1", parse_batch_size,
+    schema={"type": "integer", "minimum": 1, "maximum": 256}, example="8")
+COMMON_PARAMS = (PERCENT, OMMITTED, ROUND_TO, TARGET, MEASURE, BATCH_SIZE)

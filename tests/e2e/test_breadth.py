@@ -56,7 +56,8 @@ def test_keras_family(server, tmp_path, family):
     path = tmp_path / f"{family}.keras"
     model.save(path)
     with open(path, "rb") as handle:
-        response = requests.post(f"{server.url}/api/tf_prune?percent=0.4", headers=server.headers,
+        response = requests.post(f"{server.url}/api/tf_prune?percent=0.4&measure=false",
+                                 headers=server.headers,
                                  files={"model": (path.name, handle)}, timeout=120)
     status = server.wait(response.json()["txid"], server.headers, timeout=600)
     assert status["status"] == "0", status["message"]
@@ -83,7 +84,7 @@ def test_pytorch_architecture(server, tmp_path, name):
     torch.manual_seed(0)
     original = module.Net().eval()
     torch.save(original.state_dict(), user / "weights.pth")
-    query = f"percent=0.4&input_size={','.join(map(str, input_size))}&model_name=Net"
+    query = f"percent=0.4&measure=false&input_size={','.join(map(str, input_size))}&model_name=Net"
     with open(user / "weights.pth", "rb") as w, open(user / "model.py", "rb") as c:
         response = requests.post(f"{server.url}/api/pt_prune?{query}", headers=server.headers,
                                  files={"weights": ("weights.pth", w),

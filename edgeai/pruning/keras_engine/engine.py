@@ -14,17 +14,27 @@ import numpy as np
 from edgeai.pruning.base import PruneJob, PruningError
 from edgeai.pruning.pipeline import Analysis, Engine, Loaded, Plan
 from edgeai.pruning.report import JobReport
-from edgeai.pruning.spec import COMMON_PARAMS, EngineSpec, FileRole
+from edgeai.pruning.spec import (
+    COMMON_PARAMS,
+    EngineSpec,
+    FileRole,
+    check_percent_or_target,
+    formats_param,
+)
+
+EXPORT_FORMATS = ("tflite", "tflite-int8", "onnx")
 
 SPEC = EngineSpec(
     name="tensorflow", endpoint="tf_prune",
     summary="Submit a Keras model (h5, keras, or a zipped SavedModel) for pruning.",
-    params=COMMON_PARAMS,
+    params=(*COMMON_PARAMS, formats_param(EXPORT_FORMATS)),
     files=(FileRole("model", (".h5", ".hdf5", ".keras", ".zip"),
                     "The Keras model: .h5, .keras, or .zip of a SavedModel directory or of a "
                     ".keras file"),),
-    downloads=("model",),
-    download_help="model: the pruned model, in the format uploaded")
+    check=check_percent_or_target,
+    downloads=("model", *EXPORT_FORMATS),
+    download_help="model (the format uploaded), or a deploy format the job was asked for "
+                  "with formats=: tflite (float32), tflite-int8 (int8 weights), onnx")
 
 # Unknown sizes in a model's input shape get this many elements in the check batch.
 FREE_DIMENSION = 32
@@ -36,6 +46,7 @@ class KerasPruner(Engine):
     spec = SPEC
     separator = "/"
     channel_axis = -1
+    export_formats = EXPORT_FORMATS
 
     def warm_up(self) -> None:
         """Import TensorFlow and Keras before a job arrives (the slow part of a job)."""
@@ -175,6 +186,38 @@ class KerasPruner(Engine):
         path = Path(job.output_dir) / name
         return {Path(name).suffix.lstrip("."): loading.load_back(path,
                                                                  Path(job.output_dir).parent)}
+
+    # -- deploy formats and timing ---------------------------------------------
+    def export(self, pruned: Any, loaded: Loaded, job: PruneJob, fmt: str) -> str:
+        from edgeai.pruning.keras_engine import deploy
+
+        return deploy.export(pruned, fmt, job.output_dir, job.output_stem)
+
+    def run_exported(self, path: str, fmt: str, batch: Any) -> list[np.ndarray]:
+        from edgeai.pruning.keras_engine import deploy
+        from edgeai.pruning.speed import job_threads
+
+        return deploy.run_exported(path, fmt, batch, job_threads())
+
+    def runtime_of(self, fmt: str) -> str:
+        from edgeai.pruning.keras_engine.deploy import RUNTIMES
+
+        return RUNTIMES[fmt]
+
+    def runtimes(self, job: PruneJob) -> list[str]:
+        formats = job.options.get("formats") or ()
+        return ["keras"] + (["tflite"] if any(f.startswith("tflite") for f in formats) else []) \
+            + (["onnxruntime"] if "onnx" in formats else [])
+
+    def timer(self, model: Any, runtime: str, batch: int, loaded: Loaded, threads: int,
+              path: str | None = None) -> Any:
+        from edgeai.pruning.keras_engine import deploy
+
+        example = self.example_batch(loaded, seed=0)
+        return deploy.timer(model, runtime, deploy.sized_batch(example, batch), threads, path)
+
+    def runtime_formats(self) -> dict[str, str]:
+        return {"tflite": "tflite", "onnxruntime": "onnx"}
 
     def summary(self, pruned: Any, loaded: Loaded, job: PruneJob) -> str:
         from edgeai.pruning.keras_engine.report import summary_text

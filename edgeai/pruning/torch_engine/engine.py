@@ -20,6 +20,8 @@ from edgeai.pruning.spec import (
     EngineSpec,
     FileRole,
     Param,
+    check_percent_or_target,
+    formats_param,
     parse_class_name,
     parse_input_size,
 )
@@ -29,7 +31,7 @@ MAX_EVAL_SAMPLES = 256
 SPEC = EngineSpec(
     name="pytorch", endpoint="pt_prune",
     summary="Submit a PyTorch state_dict with its class file for pruning.",
-    params=(*COMMON_PARAMS,
+    params=(*COMMON_PARAMS, formats_param(("onnx",)),
             Param("input_size", "Shape of one input without the batch dimension, e.g. 1,28,28",
                   parse_input_size, required=True, example="1,28,28"),
             Param("model_name", "The class in class_def to build with no arguments",
@@ -42,10 +44,12 @@ SPEC = EngineSpec(
                     "Optional sample data: torch.save(DataLoader of a TensorDataset), a "
                     "tensor, an (x, y) tuple, or .npz; used to report accuracy",
                     required=False)),
-    downloads=("model", "state_dict", "pt2"),
+    check=check_percent_or_target,
+    downloads=("model", "state_dict", "pt2", "onnx"),
     download_help="model (default: torch.save((model, info))), state_dict (weights and the "
-                  "new layer sizes, loads with weights_only=True) or pt2 (a torch.export "
-                  "program, no class file needed)")
+                  "new layer sizes, loads with weights_only=True), pt2 (a torch.export "
+                  "program, no class file needed) or onnx (when the job was asked for it "
+                  "with formats=onnx)")
 
 
 @dataclass
@@ -63,6 +67,7 @@ class TorchPruner(Engine):
     spec = SPEC
     separator = "."
     channel_axis = 1
+    export_formats = ("onnx",)
 
     def warm_up(self) -> None:
         """Import torch, torch-pruning and torchsummary before a job arrives."""
@@ -224,6 +229,38 @@ class TorchPruner(Engine):
         from edgeai.pruning.torch_engine.saving import load_back
 
         return load_back(job.output_dir, artifacts, pruned)
+
+    # -- deploy formats and timing ---------------------------------------------
+    def export(self, pruned: Any, loaded: Loaded, job: PruneJob, fmt: str) -> str:
+        from edgeai.pruning.torch_engine import deploy
+
+        return deploy.export(pruned, loaded.extra.example, job.output_dir, job.output_stem)
+
+    def run_exported(self, path: str, fmt: str, batch: Any) -> list[np.ndarray]:
+        from edgeai.pruning.speed import job_threads
+        from edgeai.pruning.torch_engine import deploy
+
+        return deploy.onnx_runner(path, batch, job_threads())()
+
+    def runtime_of(self, fmt: str) -> str:
+        return "ONNX Runtime"
+
+    def runtimes(self, job: PruneJob) -> list[str]:
+        return ["torch"] + (["onnxruntime"] if "onnx" in (job.options.get("formats") or ())
+                            else [])
+
+    def timer(self, model: Any, runtime: str, batch: int, loaded: Loaded, threads: int,
+              path: str | None = None) -> Any:
+        import torch
+
+        from edgeai.pruning.torch_engine import deploy
+
+        generator = torch.Generator().manual_seed(0)
+        inputs = torch.randn(batch, *loaded.extra.input_size, generator=generator)
+        return deploy.timer(model, runtime, inputs, threads, path)
+
+    def runtime_formats(self) -> dict[str, str]:
+        return {"onnxruntime": "onnx"}
 
     def summary(self, pruned: Any, loaded: Loaded, job: PruneJob) -> str:
         from edgeai.pruning.torch_engine.report import summary_text

@@ -3,17 +3,42 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 
 import torch
 from torch import nn
 
+CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+CONV_T = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
 
 def count_params_macs(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
-    """Parameters and multiply-accumulates for one sample (torch-pruning's counter)."""
-    import torch_pruning as tp
+    """Parameters, and multiply-accumulates for one sample by the rule both engines
+    share: a convolution counts output elements x kernel size x input channels per
+    group (a transposed one: input elements x kernel size x output channels per
+    group), a linear layer output elements x input features; other layers count 0."""
+    total = 0
 
-    macs, params = tp.utils.count_ops_and_params(model, example)
-    return int(params), int(macs)
+    def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(module, CONV):
+            kernel = math.prod(module.kernel_size)
+            total += output[0].numel() * kernel * (module.in_channels // module.groups)
+        elif isinstance(module, CONV_T):
+            kernel = math.prod(module.kernel_size)
+            total += inputs[0][0].numel() * kernel * (module.out_channels // module.groups)
+        elif isinstance(module, nn.Linear):
+            total += output[0].numel() * module.in_features
+
+    handles = [module.register_forward_hook(hook) for module in model.modules()
+               if isinstance(module, CONV + CONV_T + (nn.Linear,))]
+    try:
+        with torch.no_grad():
+            model.eval()(example[:1])
+    finally:
+        for handle in handles:
+            handle.remove()
+    return sum(p.numel() for p in model.parameters()), int(total)
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None) -> float | None:

@@ -1,0 +1,156 @@
+"""The engine interface: a framework's own steps, which :mod:`.pipeline` runs."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from edgeai.pruning.base import PruneJob, PruneResult, PruningError
+from edgeai.pruning.report import JobReport
+from edgeai.pruning.spec import EngineSpec
+from edgeai.pruning.structure import Analysis, Loaded, Plan
+
+
+class Engine(ABC):
+    """A framework's own steps; :func:`run` does the rest.
+
+    ``spec`` declares the engine's inputs and parameters (read by the API and the
+    queue without importing the framework). ``separator`` joins a container's name
+    to its layers' names (``block/conv`` in Keras, ``layer1.0`` in PyTorch).
+    """
+
+    spec: ClassVar[EngineSpec]
+    separator: ClassVar[str] = "."
+
+    def warm_up(self) -> None:  # noqa: B027 - optional hook, a no-op by default
+        """Import the framework ahead of a job (called in a spare child process)."""
+
+    def untrusted_code(self, job: PruneJob) -> str | None:
+        """What in ``job``'s inputs would run as code once loaded (a class file, a
+        SavedModel graph, a pickle), in words for the user; None if nothing would.
+
+        Called in the server (it must not import the framework): such a job runs
+        only in a child with every sandbox wall in force.
+        """
+        return None
+
+    def prune(self, job: PruneJob) -> PruneResult:
+        """Run the whole pipeline on ``job``. Raises :class:`PruningError`."""
+        from edgeai.pruning.pipeline import run
+
+        return run(self, job)
+
+    # -- the framework's steps --------------------------------------------
+    @abstractmethod
+    def load(self, job: PruneJob, workdir: Path) -> Loaded:
+        """Inspect and load the uploaded model. Raises PruningError/UnsafeInputError."""
+
+    @abstractmethod
+    def layer_names(self, loaded: Loaded) -> list[str]:
+        """Every layer name a user may put in ``ommitted``."""
+
+    @abstractmethod
+    def channel_layers(self, loaded: Loaded) -> list[str]:
+        """The names of the layers with output channels (what error messages list)."""
+
+    @abstractmethod
+    def analyse(self, loaded: Loaded) -> Analysis:
+        """The model's layers with channels and its channel groups."""
+
+    @abstractmethod
+    def rewrite(self, loaded: Loaded, analysis: Analysis, plan: Plan,
+                ) -> tuple[Any, dict[str, str]]:
+        """A new model without the planned channels (``loaded`` stays as it was), and
+        the groups that could not be rewired, with why."""
+
+    @abstractmethod
+    def widths(self, model: Any) -> dict[str, int]:
+        """Output channels of each layer of ``model``, by name."""
+
+    @abstractmethod
+    def measure(self, model: Any, loaded: Loaded) -> tuple[int, int]:
+        """(parameters, multiply-accumulates per sample) of ``model`` (the original or
+        a pruned one)."""
+
+    @abstractmethod
+    def example_batch(self, loaded: Loaded, seed: int) -> Any:
+        """A seeded random batch of the model's input shape."""
+
+    @abstractmethod
+    def run_batch(self, model: Any, batch: Any) -> list[np.ndarray]:
+        """The model's outputs on ``batch``, flattened to a list of arrays."""
+
+    @abstractmethod
+    def mask(self, loaded: Loaded, analysis: Analysis, plan: Plan) -> Any:
+        """The original model with the planned channels masked: their producers'
+        filters and their consumers' input weights zeroed. May change ``loaded``."""
+
+    def layer_outputs(self, model: Any, batch: Any, names: list[str],
+                      ) -> dict[str, np.ndarray]:
+        """Outputs of the named layers on ``batch`` (channels last axis for Keras,
+        axis 1 for PyTorch, see :attr:`channel_axis`); used to name the layer where
+        a failed exactness check starts. Engines that cannot: ``{}``."""
+        return {}
+
+    channel_axis: ClassVar[int] = -1
+
+    @abstractmethod
+    def save(self, pruned: Any, loaded: Loaded, job: PruneJob, report: JobReport,
+             ) -> dict[str, str | None]:
+        """Write the artifacts into ``job.output_dir``; return format -> file name
+        (``model`` is the main one; None where a format could not be made)."""
+
+    @abstractmethod
+    def load_saved(self, job: PruneJob, artifacts: dict[str, str | None], pruned: Any,
+                   ) -> dict[str, Any]:
+        """Each saved artifact loaded back as a user loads it: format -> model."""
+
+    @abstractmethod
+    def summary(self, pruned: Any, loaded: Loaded, job: PruneJob) -> str:
+        """The plain-text summary the status message shows."""
+
+    def load_data(self, job: PruneJob, loaded: Loaded, report: JobReport) -> Any:
+        """The job's evaluation data, if it brought any (None otherwise)."""
+        return None
+
+    def evaluate(self, model: Any, data: Any) -> float | None:
+        """The metric on ``data`` (None where it cannot be measured)."""
+        return None
+
+    # -- deploy formats and timing (optional) ---------------------------------
+    export_formats: ClassVar[tuple[str, ...]] = ()
+
+    def export(self, pruned: Any, loaded: Loaded, job: PruneJob, fmt: str) -> str:
+        """Write ``pruned`` in deploy format ``fmt`` into ``job.output_dir``; return the
+        file name. Raises anything on failure (the pipeline reports it for the format)."""
+        raise PruningError(f"{fmt} is not a format of this engine")
+
+    def run_exported(self, path: str, fmt: str, batch: Any) -> list[np.ndarray]:
+        """Run an exported file in its own runtime on ``batch``."""
+        raise PruningError(f"{fmt} is not a format of this engine")
+
+    def runtime_of(self, fmt: str) -> str:
+        """The runtime an export format runs in (for the report)."""
+        return fmt
+
+    def runtimes(self, job: PruneJob) -> list[str]:
+        """The runtimes to time the models in: the framework's own, and those of the
+        deploy formats the job asked for."""
+        return []
+
+    def timer(self, model: Any, runtime: str, batch: int, loaded: Loaded, threads: int,
+              path: str | None = None) -> Any:
+        """A function that runs one forward pass of ``model`` in ``runtime`` at ``batch``
+        samples (conversion and set-up happen here, not in the timed function). ``path``
+        is the model already exported in the runtime's format, used instead of converting."""
+        raise PruningError(f"no runtime {runtime}")
+
+    def runtime_formats(self) -> dict[str, str]:
+        """For each timing runtime with a file format, that format (``{"tflite": "tflite"}``)."""
+        return {}
+
+    def primary_input(self, job: PruneJob) -> str:
+        """The uploaded file whose size the report gives as the size before."""
+        return job.inputs[self.spec.files[0].name]
