@@ -18,6 +18,7 @@ class ConfigError(ValueError):
 
 
 AUTH_MODES = ("on", "off", "gateway")
+S3_DOWNLOADS = ("stream", "redirect")
 SANDBOX_MODES = ("strict", "weak")
 SANDBOX_LAYERS = ("view", "pid", "network", "identity", "landlock", "seccomp")
 
@@ -69,6 +70,41 @@ def _names(env: Mapping[str, str], name: str, allowed: tuple[str, ...]) -> tuple
     return values
 
 
+def _database_url(env: Mapping[str, str]) -> str:
+    """``EDGEAI_DATABASE_URL``, with PostgreSQL spelled for psycopg 3 (the driver we ship):
+    ``postgresql://`` and ``postgres://`` mean ``postgresql+psycopg://``."""
+    url = env.get("EDGEAI_DATABASE_URL", "").strip()
+    for bare in ("postgresql://", "postgres://"):
+        if url.startswith(bare):
+            return "postgresql+psycopg://" + url[len(bare):]
+    if url.startswith("postgresql+") and not url.startswith("postgresql+psycopg://"):
+        raise ConfigError(f"EDGEAI_DATABASE_URL uses {url.split(':', 1)[0]!r}; edgeai ships "
+                          "psycopg 3: write postgresql+psycopg://user:password@host/db")
+    if url and not url.startswith(("sqlite:", "postgresql+psycopg://")):
+        raise ConfigError("EDGEAI_DATABASE_URL must be sqlite:///path or "
+                          "postgresql+psycopg://user:password@host:port/database")
+    return url
+
+
+def _storage_url(env: Mapping[str, str]) -> str:
+    """``EDGEAI_STORAGE_URL``: empty (the data dir) or ``s3://bucket[/prefix]``."""
+    url = env.get("EDGEAI_STORAGE_URL", "").strip().rstrip("/")
+    if not url:
+        return ""
+    bucket = url.removeprefix("s3://").split("/", 1)[0]
+    if not url.startswith("s3://") or not 3 <= len(bucket) <= 63 or not all(
+            c.islower() or c.isdigit() or c in ".-" for c in bucket):
+        raise ConfigError(f"EDGEAI_STORAGE_URL={url!r}; use s3://bucket/prefix (a bucket name "
+                          "of 3-63 lower-case letters, digits, dots and hyphens), or leave it "
+                          "empty for the data dir")
+    return url
+
+
+def is_postgresql(database_url: str) -> bool:
+    """Whether ``database_url`` names a PostgreSQL database (as opposed to a SQLite file)."""
+    return database_url.startswith("postgresql")
+
+
 @dataclass(frozen=True)
 class Settings:
     """The service's configuration; see the README's table for each field."""
@@ -94,6 +130,11 @@ class Settings:
     warm_spares: bool = True
     sandbox: str = "strict"
     sandbox_skip: tuple[str, ...] = ()
+    storage_url: str = ""
+    s3_downloads: str = "stream"
+    s3_url_seconds: int = 300
+    s3_public_endpoint: str = ""
+    worker_grace_seconds: float = 60.0
 
     @property
     def max_upload_bytes(self) -> int:
@@ -125,14 +166,18 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     Raises :class:`ConfigError` naming the variable when a value is unusable.
     """
     env = os.environ if env is None else env
+    database_url = _database_url(env)
     settings = Settings(
         data_dir=Path(env.get("EDGEAI_DATA_DIR", "var")),
-        database_url=env.get("EDGEAI_DATABASE_URL", ""),
+        database_url=database_url,
         auth=_choice(env, "EDGEAI_AUTH", "on", AUTH_MODES),
         trusted_proxies=_list(env, "EDGEAI_TRUSTED_PROXIES"),
         gateway_client_header=env.get("EDGEAI_GATEWAY_CLIENT_HEADER", "X-IBM-Client-Id"),
         max_upload_mb=_int(env, "EDGEAI_MAX_UPLOAD_MB", 512, 1),
-        max_running_jobs=_int(env, "EDGEAI_MAX_RUNNING_JOBS", 2, 1),
+        # 0: no service-wide cap, each process runs at most its own threads. That is the
+        # default on PostgreSQL, whose workers live on several hosts and are sized there.
+        max_running_jobs=_int(env, "EDGEAI_MAX_RUNNING_JOBS",
+                              0 if is_postgresql(database_url) else 2, 0),
         worker_threads=_int(env, "EDGEAI_WORKER_THREADS", 2, 1),
         max_jobs_per_client=_int(env, "EDGEAI_MAX_JOBS_PER_CLIENT", 20, 1),
         job_timeout=_int(env, "EDGEAI_JOB_TIMEOUT", 1800, 1),
@@ -147,5 +192,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         warm_spares=_choice(env, "EDGEAI_WARM_SPARES", "on", ("on", "off")) == "on",
         sandbox=_choice(env, "EDGEAI_SANDBOX", "strict", SANDBOX_MODES),
         sandbox_skip=_names(env, "EDGEAI_SANDBOX_SKIP", SANDBOX_LAYERS),
+        storage_url=_storage_url(env),
+        s3_downloads=_choice(env, "EDGEAI_S3_DOWNLOADS", "stream", S3_DOWNLOADS),
+        s3_url_seconds=_int(env, "EDGEAI_S3_URL_SECONDS", 300, 1),
+        s3_public_endpoint=env.get("EDGEAI_S3_PUBLIC_ENDPOINT", "").strip(),
+        worker_grace_seconds=_float(env, "EDGEAI_WORKER_GRACE_SECONDS", 60.0, 0.0),
     )
     return settings.resolved()

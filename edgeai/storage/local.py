@@ -1,9 +1,9 @@
-"""Files on disk: one folder per transaction under ``EDGEAI_DATA_DIR/jobs``.
+"""Files on disk: one folder per transaction under ``EDGEAI_DATA_DIR/jobs`` (the default).
 
 Layout of ``jobs/<txid>/``::
 
     inputs/<role>.upload   the client's files, stored under server-made names
-    staging/               what a finished job produced, checked, before publishing
+    staging[-<run>]/       what a run produced, checked, before publishing
     result/<filename>      the artifact(s), renamed into place once complete
 
 A running job never sees any of this: the sandbox links its inputs into the
@@ -15,18 +15,24 @@ by :func:`transaction_dir`) maps to the folder, and roles are fixed words.
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
-import string
 import tempfile
-import uuid
+from collections.abc import Iterable
 from pathlib import Path
 from typing import IO
+
+from edgeai.storage.base import (
+    Download,
+    FileStore,
+    check_filename,
+    check_role,
+    check_txid,
+)
 
 CHUNK = 1024 * 1024
 
 
-class Storage:
+class LocalStorage(FileStore):
     """Paths and file operations for transactions; stateless apart from the root."""
 
     def __init__(self, data_dir: Path):
@@ -38,24 +44,32 @@ class Storage:
         # Traverse-only: the sandbox's slots live below (see edgeai.sandbox).
         os.chmod(self.root, 0o711)
 
+    def describe(self) -> str:
+        return f"folder {self.jobs}"
+
+    def check(self) -> None:
+        """Nothing to check: the folders were made above."""
+
     def transaction_dir(self, txid: str) -> Path:
         """Return the folder of ``txid``; raises ValueError unless it is a uuid."""
-        canonical = str(uuid.UUID(txid))
-        if canonical != txid:
-            raise ValueError("txid is not in canonical uuid form")
-        return self.jobs / canonical
+        return self.jobs / check_txid(txid)
 
     def input_path(self, txid: str, role: str) -> Path:
         """Where the upload for ``role`` (a fixed word such as ``weights``) lives."""
-        return self.transaction_dir(txid) / "inputs" / f"{role}.upload"
+        return self.transaction_dir(txid) / "inputs" / f"{check_role(role)}.upload"
 
-    def work_dir(self, txid: str) -> Path:
+    def work_dir(self, txid: str, run: str = "") -> Path:
         """The server's staging folder for one run of ``txid`` (created empty)."""
-        path = self.transaction_dir(txid) / "staging"
+        path = self._staging(txid, run)
         if path.exists():
             shutil.rmtree(path, ignore_errors=True)
         path.mkdir(parents=True, mode=0o700)
         return path
+
+    def _staging(self, txid: str, run: str) -> Path:
+        if run and not run.isalnum():
+            raise ValueError(f"not a run name: {run!r}")
+        return self.transaction_dir(txid) / (f"staging-{run}" if run else "staging")
 
     def result_dir(self, txid: str) -> Path:
         """The folder that holds finished artifacts of ``txid``."""
@@ -63,9 +77,7 @@ class Storage:
 
     def result_path(self, txid: str, filename: str) -> Path:
         """Path of one artifact; raises ValueError if ``filename`` is not a bare name."""
-        if not filename or Path(filename).name != filename or filename.startswith("."):
-            raise ValueError(f"not a bare file name: {filename!r}")
-        return self.result_dir(txid) / filename
+        return self.result_dir(txid) / check_filename(filename)
 
     def new_incoming_file(self) -> IO[bytes]:
         """A temporary file on the data volume for Werkzeug to stream an upload into.
@@ -93,6 +105,11 @@ class Storage:
                 shutil.copyfileobj(stream, out, CHUNK)
         return dest.stat().st_size
 
+    def fetch_inputs(self, txid: str, roles: Iterable[str], scratch: Path) -> dict[str, Path]:
+        """The inputs in place: they are local already."""
+        paths = {role: self.input_path(txid, role) for role in roles}
+        return {role: path for role, path in paths.items() if path.exists()}
+
     def publish(self, txid: str, produced: Path, filename: str) -> Path:
         """Move a finished artifact into the result folder atomically.
 
@@ -114,9 +131,18 @@ class Storage:
             os.close(dir_fd)
         return final
 
-    def remove_work(self, txid: str) -> None:
-        """Delete the staging folder of ``txid`` (after the job ends)."""
-        shutil.rmtree(self.transaction_dir(txid) / "staging", ignore_errors=True)
+    def open_download(self, txid: str, filename: str) -> Download | None:
+        """The artifact's path (sent with the kernel's help), or None if it is gone."""
+        path = self.result_path(txid, filename)
+        return Download(source=path) if path.is_file() else None
+
+    def remove_artifacts(self, txid: str, filenames: Iterable[str]) -> None:
+        for filename in filenames:
+            self.result_path(txid, filename).unlink(missing_ok=True)
+
+    def remove_work(self, txid: str, run: str = "") -> None:
+        """Delete the staging folder of one run of ``txid`` (after the run ends)."""
+        shutil.rmtree(self._staging(txid, run), ignore_errors=True)
 
     def remove_inputs(self, txid: str) -> None:
         """Delete the uploads of ``txid`` once its job has ended."""
@@ -130,13 +156,4 @@ class Storage:
 
     def remove_transaction(self, txid: str) -> None:
         """Delete everything stored for ``txid`` (a submission that never got queued)."""
-        self.remove_work(txid)
         shutil.rmtree(self.transaction_dir(txid), ignore_errors=True)
-
-
-_ALPHABET = string.ascii_lowercase + string.digits + "_"
-
-
-def artifact_stem() -> str:
-    """A name like the guide's ``tmp7d8tkpfs``: ``tmp`` and 8 random characters."""
-    return "tmp" + "".join(secrets.choice(_ALPHABET) for _ in range(8))
