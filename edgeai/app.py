@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import atexit
 import logging
-from pathlib import Path
 from typing import Any
 
 from flask import Flask, Request
@@ -12,7 +11,7 @@ from edgeai import api, db
 from edgeai.auth import Authenticator
 from edgeai.config import load_settings
 from edgeai.runner import JobRunner
-from edgeai.storage import Storage
+from edgeai.storage import open_storage
 
 log = logging.getLogger("edgeai")
 
@@ -48,7 +47,8 @@ def build_app(overrides: dict[str, Any] | None = None) -> Flask:
     )
     app.extensions["edgeai.settings"] = settings
     database = db.init_app(app, settings)
-    storage = Storage(Path(settings.data_dir))
+    storage = open_storage(settings)
+    storage.check()
     app.extensions["edgeai.storage"] = storage
     app.extensions["edgeai.auth"] = Authenticator(
         database, settings.auth, settings.trusted_proxies, settings.gateway_client_header)
@@ -56,6 +56,8 @@ def build_app(overrides: dict[str, Any] | None = None) -> Flask:
         log.warning("EDGEAI_AUTH=off: every request is served as one anonymous client. "
                     "Use this for local trials only.")
     api.init_app(app)
+    log.info("files: %s; jobs: %s", storage.describe(),
+             "run by this process" if settings.run_jobs else "left to edgeai worker processes")
     if settings.run_jobs:
         runner = JobRunner(settings, database, storage)
         app.extensions["edgeai.runner"] = runner

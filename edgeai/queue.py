@@ -1,13 +1,22 @@
 """The durable job queue: the ``transactions`` table is the queue.
 
 Every operation on it is here: :func:`submit` (store the uploads, insert a
-queued row, under the client's quota), :func:`claim_next_job` (atomically, under
-``BEGIN IMMEDIATE``: count running rows, take the oldest queued one, so the
-service-wide cap ``EDGEAI_MAX_RUNNING_JOBS`` holds across all gunicorn workers),
-:func:`heartbeat`, :func:`finish_job`, :func:`release`, :func:`recover_stale_jobs`
-(rows whose worker died are re-queued, at most ``EDGEAI_MAX_ATTEMPTS`` times in
-all, then failed with a reason) and :func:`expire_artifacts`. The runner
-(:mod:`edgeai.runner`) drives them; the API only submits.
+queued row, under the client's quota), :func:`claim_next_job`, :func:`heartbeat`,
+:func:`finish_job`, :func:`release`, :func:`recover_stale_jobs` (rows whose
+worker died are re-queued, at most ``EDGEAI_MAX_ATTEMPTS`` times in all, then
+failed with a reason), :func:`expire_artifacts`, and the ``workers`` registry.
+The runner (:mod:`edgeai.runner`) drives them; the API only submits.
+
+The same statements run on SQLite and PostgreSQL. A claim takes the oldest
+queued row with ``SELECT ... FOR UPDATE SKIP LOCKED`` (on SQLite, under ``BEGIN
+IMMEDIATE``, which needs no skipping): claimers on many hosts never wait for one
+another and never take the same row. A claim is a **lease**: it writes a fresh
+``lease_token`` and a heartbeat time from the database's clock; the holder
+renews it with every heartbeat, and a lease not renewed for
+``EDGEAI_STALE_SECONDS`` expires, and the row is queued again for anyone. Only
+the holder of the current lease can write the outcome (``finish_job`` matches
+the token), so a job is finished exactly once even when a worker that lost its
+lease comes back and completes its run.
 """
 from __future__ import annotations
 
@@ -16,19 +25,20 @@ import socket
 import time
 import uuid
 from collections.abc import Mapping
+from pathlib import Path
 from typing import IO, Any, cast
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.engine import CursorResult
 
 from edgeai.config import Settings
-from edgeai.db import Database, Transaction
+from edgeai.db import Database, Transaction, Worker, db_now
 from edgeai.errors import TooManyJobs
-from edgeai.pruning import PruneJob, spec_for
-from edgeai.storage import Storage, artifact_stem
+from edgeai.pruning import PruneJob
+from edgeai.storage import FileStore, artifact_stem
 
 
-def submit(database: Database, storage: Storage, settings: Settings, owner: str,
+def submit(database: Database, storage: FileStore, settings: Settings, owner: str,
            framework: str, params: dict[str, Any], uploads: Mapping[str, IO[bytes]],
            input_names: dict[str, str]) -> str:
     """Store ``uploads`` (role -> stream) and queue a transaction for ``owner``.
@@ -41,6 +51,7 @@ def submit(database: Database, storage: Storage, settings: Settings, owner: str,
         for role, stream in uploads.items():
             storage.store_upload(txid, role, stream)
         with database.immediate() as session:
+            database.lock(session, f"owner:{owner}")  # two submits must not both pass
             active = session.scalar(select(func.count()).select_from(Transaction).where(
                 Transaction.owner == owner, Transaction.state.in_(("queued", "running")))) or 0
             if active >= settings.max_jobs_per_client:
@@ -64,80 +75,97 @@ def worker_id() -> str:
 
 
 def claim_next_job(database: Database, claimer: str, max_running: int) -> Transaction | None:
-    """Atomically move the oldest queued row to running, if the cap allows.
+    """Lease the oldest queued row to ``claimer``: state running, a new ``lease_token``.
 
-    Returns the claimed row (detached), or None when nothing is queued or
-    ``max_running`` jobs already run service-wide.
+    ``max_running`` caps the rows running service-wide (0: no cap; each process then
+    runs at most its own threads). Returns the claimed row (detached; its
+    ``lease_token`` names the lease), or None when nothing is queued or the cap is
+    reached.
     """
     with database.session() as session:
-        # A plain read first: polling workers take SQLite's write lock only when
-        # there is something to claim.
+        # A plain read first: polling workers take a write lock (SQLite) or open a
+        # locking transaction (PostgreSQL) only when there is something to claim.
         if session.scalar(select(Transaction.txid).where(Transaction.state == "queued")
                           .limit(1)) is None:
             return None
     with database.immediate() as session:
-        running = session.scalar(
-            select(func.count()).select_from(Transaction).where(
-                Transaction.state == "running")) or 0
-        if running >= max_running:
-            return None
-        row = session.scalars(select(Transaction).where(Transaction.state == "queued")
-                              .order_by(Transaction.created_at).limit(1)).first()
+        if max_running > 0:
+            # Count, then claim, as one step for every claimer on every host.
+            database.lock(session, "claim")
+            running = session.scalar(
+                select(func.count()).select_from(Transaction).where(
+                    Transaction.state == "running")) or 0
+            if running >= max_running:
+                return None
+        row = session.scalars(
+            select(Transaction).where(Transaction.state == "queued")
+            .order_by(Transaction.created_at).limit(1)
+            .with_for_update(skip_locked=True)).first()
         if row is None:
             return None
-        now = time.time()
         row.state = "running"
         row.claimed_by = claimer
-        row.started_at = now
-        row.heartbeat_at = now
+        row.lease_token = uuid.uuid4().hex
+        row.started_at = db_now()
+        row.heartbeat_at = db_now()
         row.attempts += 1
         row.message = "Pruning in progress."
         session.flush()
+        session.refresh(row)
         session.expunge(row)
         return row
 
 
-def finish_job(database: Database, txid: str, claimer: str, **values) -> bool:
-    """Write a terminal state, only if this claimer still holds the row.
+def finish_job(database: Database, txid: str, claimer: str, lease: str | None = None,
+               **values: Any) -> bool:
+    """Write a terminal state, only if this claimer still holds the row (and, given
+    ``lease``, this very lease).
 
-    Returns False when the row was re-queued meanwhile (then another worker
-    owns the outcome and this one's result is discarded).
+    Returns False when the lease expired meanwhile (the row was re-queued, maybe
+    claimed and finished by another worker): that worker owns the outcome and this
+    one's result is discarded.
     """
-    values.setdefault("finished_at", time.time())
+    values.setdefault("finished_at", db_now())
+    values.setdefault("lease_token", None)
+    conditions = [Transaction.txid == txid, Transaction.claimed_by == claimer,
+                  Transaction.state == "running"]
+    if lease is not None:
+        conditions.append(Transaction.lease_token == lease)
     with database.immediate() as session:
         result = cast(CursorResult, session.execute(
-            update(Transaction)
-            .where(Transaction.txid == txid, Transaction.claimed_by == claimer,
-                   Transaction.state == "running")
-            .values(**values)))
+            update(Transaction).where(*conditions).values(**values)))
         return result.rowcount == 1
 
 
 def recover_stale_jobs(database: Database, stale_seconds: float, max_attempts: int) -> int:
-    """Re-queue (or, past ``max_attempts``, fail) running rows with a stale heartbeat.
+    """Re-queue (or, past ``max_attempts``, fail) running rows whose lease expired: no
+    heartbeat for ``stale_seconds`` on the database's clock. Also forgets workers
+    silent for as long.
 
-    Returns how many rows it changed.
+    Returns how many job rows it changed.
     """
-    cutoff = time.time() - stale_seconds
-    changed = 0
+    cutoff = db_now() - stale_seconds
     with database.immediate() as session:
-        rows = session.scalars(select(Transaction).where(
-            Transaction.state == "running", Transaction.heartbeat_at < cutoff)).all()
-        for row in rows:
-            changed += 1
-            row.claimed_by = None
-            if row.attempts >= max_attempts:
-                row.state = "failed"
-                row.finished_at = time.time()
-                row.message = (f"The server stopped while pruning this model, {row.attempts} "
-                               "times; giving up. Submit it again, or with a smaller model.")
-            else:
-                row.state = "queued"
-                row.message = "Re-queued after the server stopped while pruning it."
-    return changed
+        rows = session.execute(
+            select(Transaction.txid, Transaction.attempts)
+            .where(Transaction.state == "running", Transaction.heartbeat_at < cutoff)
+            .with_for_update(skip_locked=True)).all()
+        spent = [txid for txid, attempts in rows if attempts >= max_attempts]
+        retry = [txid for txid, attempts in rows if attempts < max_attempts]
+        if spent:
+            session.execute(update(Transaction).where(Transaction.txid.in_(spent)).values(
+                state="failed", claimed_by=None, lease_token=None, finished_at=db_now(),
+                message=(f"The server stopped while pruning this model, {max_attempts} "
+                         "times; giving up. Submit it again, or with a smaller model.")))
+        if retry:
+            session.execute(update(Transaction).where(Transaction.txid.in_(retry)).values(
+                state="queued", claimed_by=None, lease_token=None,
+                message="Re-queued after the server stopped while pruning it."))
+        session.execute(delete(Worker).where(Worker.heartbeat_at < cutoff))
+    return len(rows)
 
 
-def expire_artifacts(database: Database, storage: Storage, retention_hours: float) -> int:
+def expire_artifacts(database: Database, storage: FileStore, retention_hours: float) -> int:
     """Delete artifacts of jobs done more than ``retention_hours`` ago and mark them expired.
 
     Returns how many transactions expired. (Inputs are deleted as soon as a job
@@ -145,55 +173,92 @@ def expire_artifacts(database: Database, storage: Storage, retention_hours: floa
     """
     if retention_hours <= 0:
         return 0
-    cutoff = time.time() - retention_hours * 3600
+    cutoff = db_now() - retention_hours * 3600
     with database.immediate() as session:
-        rows = session.scalars(select(Transaction).where(
-            Transaction.state == "done", Transaction.finished_at < cutoff)).all()
-        for row in rows:
-            row.state = "expired"
-            row.message = (f"The pruned model was deleted {retention_hours:g} hours after it was "
-                           "made (EDGEAI_RETENTION_HOURS). Submit the model again.")
-        expired = [row.txid for row in rows]
+        expired = list(session.scalars(
+            select(Transaction.txid)
+            .where(Transaction.state == "done", Transaction.finished_at < cutoff)
+            .with_for_update(skip_locked=True)))
+        if expired:
+            session.execute(update(Transaction).where(Transaction.txid.in_(expired)).values(
+                state="expired",
+                message=(f"The pruned model was deleted {retention_hours:g} hours after it "
+                         "was made (EDGEAI_RETENTION_HOURS). Submit the model again.")))
     for txid in expired:
         storage.remove_results(txid)
     return len(expired)
 
 
-def heartbeat(database: Database, txids: list[str], claimer: str) -> None:
-    """Touch the rows ``claimer`` holds, so that nobody takes them for stale."""
-    if not txids:
-        return
+def heartbeat(database: Database, leases: list[str]) -> set[str]:
+    """Renew the leases a process holds; return those still held. A lease missing
+    from the answer expired (its row was re-queued or finished elsewhere): the job
+    running under it should stop, since its result would be discarded."""
+    if not leases:
+        return set()
     with database.session() as session:
-        session.execute(update(Transaction).where(
-            Transaction.txid.in_(txids), Transaction.claimed_by == claimer,
-            Transaction.state == "running").values(heartbeat_at=time.time()))
+        renewed = session.scalars(
+            update(Transaction)
+            .where(Transaction.lease_token.in_(leases), Transaction.state == "running")
+            .values(heartbeat_at=db_now())
+            .returning(Transaction.lease_token))
+        return {lease for lease in renewed if lease}
 
 
-def release(database: Database, txids: list[str], claimer: str) -> None:
-    """Hand rows ``claimer`` holds back to the queue, giving the attempt back: a
+def release(database: Database, leases: list[str]) -> None:
+    """Hand rows back to the queue under the leases given, giving the attempt back: a
     shutdown is not the job's fault, and a live worker takes it at once."""
-    if not txids:
+    if not leases:
         return
     with database.immediate() as session:
         session.execute(update(Transaction).where(
-            Transaction.txid.in_(txids), Transaction.claimed_by == claimer,
-            Transaction.state == "running").values(
-            state="queued", claimed_by=None, attempts=Transaction.attempts - 1,
+            Transaction.lease_token.in_(leases), Transaction.state == "running").values(
+            state="queued", claimed_by=None, lease_token=None,
+            attempts=Transaction.attempts - 1,
             message="Re-queued: the server worker running it shut down."))
 
 
-def build_job(row: Transaction, storage: Storage) -> PruneJob:
-    """Turn a claimed row into the engine's :class:`PruneJob`: its stored uploads for
-    the roles its engine declares (the sandbox links them into the child's slot and
-    sets ``output_dir``), its parameters, a fresh artifact name."""
-    inputs = {}
-    for role in spec_for(row.framework).files:
-        source = storage.input_path(row.txid, role.name)
-        if source.exists():
-            inputs[role.name] = str(source)
+def register_worker(database: Database, worker: str, role: str, concurrency: int) -> None:
+    """Record a claiming process in ``workers`` (see :class:`edgeai.db.Worker`)."""
+    host, pid, _ = worker.split(":", 2)
+    with database.session() as session:
+        session.merge(Worker(worker_id=worker, host=host, pid=int(pid), role=role,
+                             concurrency=concurrency, started_at=db_now(),
+                             heartbeat_at=db_now()))
+
+
+def touch_worker(database: Database, worker: str) -> bool:
+    """Renew a worker's own heartbeat; False if it is not registered (any more)."""
+    with database.session() as session:
+        result = cast(CursorResult, session.execute(
+            update(Worker).where(Worker.worker_id == worker).values(heartbeat_at=db_now())))
+        return result.rowcount == 1
+
+
+def deregister_worker(database: Database, worker: str) -> None:
+    """Remove a worker that stops."""
+    with database.session() as session:
+        session.execute(delete(Worker).where(Worker.worker_id == worker))
+
+
+def live_workers(database: Database) -> list[dict[str, Any]]:
+    """The registered workers, with the seconds since each one's last heartbeat."""
+    with database.session() as session:
+        rows = session.execute(select(Worker, db_now()).order_by(Worker.started_at)).all()
+        return [{"worker": w.worker_id, "host": w.host, "pid": w.pid, "role": w.role,
+                 "concurrency": w.concurrency, "started_at": w.started_at,
+                 "seconds_since_heartbeat": round(now - w.heartbeat_at, 3)}
+                for w, now in rows]
+
+
+def build_job(row: Transaction, inputs: Mapping[str, Path]) -> PruneJob:
+    """Turn a claimed row into the engine's :class:`PruneJob`: ``inputs`` are its
+    uploads as local files, by role (the sandbox links them into the child's slot and
+    sets ``output_dir``), then its parameters and a fresh artifact name."""
     params = dict(row.params or {})
-    percent = float(params.pop("percent"))
+    percent = params.pop("percent", None)
+    percent = float(percent) if percent is not None else 0.0  # a cost target decides it
     omitted = tuple(params.pop("omitted", None) or ())
-    return PruneJob(framework=row.framework, percent=percent, omitted=omitted, inputs=inputs,
+    return PruneJob(framework=row.framework, percent=percent, omitted=omitted,
+                    inputs={role: str(path) for role, path in inputs.items()},
                     input_names=dict(row.input_names or {}), output_dir="",
                     output_stem=artifact_stem(), options=params)

@@ -1,33 +1,45 @@
 """Runs queued jobs: a thread pool that claims rows and runs each in the sandbox.
 
-In every server process a :class:`JobRunner` polls the queue (:mod:`edgeai.queue`),
-claims rows, runs each claimed job in the sandbox (:mod:`edgeai.sandbox`) on a
-``ThreadPoolExecutor`` thread, heartbeats while it runs, and always writes a
-terminal state. No database session is held open across a prune.
+A :class:`JobRunner` polls the queue (:mod:`edgeai.queue`), leases rows, runs each
+claimed job in the sandbox (:mod:`edgeai.sandbox`) on a ``ThreadPoolExecutor``
+thread, renews its leases while they run, and always writes a terminal state. No
+database session is held open across a prune. It lives in every server process
+(``edgeai serve``, gunicorn, the default) or on its own in ``edgeai worker``
+(:func:`run_worker`), on any host that shares the database and the store.
+
+A job whose lease is lost (this process stalled longer than
+``EDGEAI_STALE_SECONDS`` and another worker took the job) is stopped: its result
+would be discarded anyway, and its artifacts are deleted if it got that far.
 """
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from edgeai.config import Settings
 from edgeai.db import Database, Transaction
-from edgeai.pruning import FRAMEWORKS, get_engine
+from edgeai.pruning import FRAMEWORKS, get_engine, spec_for
 from edgeai.queue import (
     build_job,
     claim_next_job,
+    deregister_worker,
     expire_artifacts,
     finish_job,
     heartbeat,
     recover_stale_jobs,
+    register_worker,
     release,
+    touch_worker,
     worker_id,
 )
 from edgeai.sandbox import JobFailed, Sandbox, limits_from_settings
-from edgeai.storage import Storage
+from edgeai.storage import FileStore
 
 log = logging.getLogger(__name__)
 
@@ -42,20 +54,35 @@ def sandbox_for(settings: Settings) -> Sandbox:
                    skip=settings.sandbox_skip, hidden=tuple(str(p) for p in hidden))
 
 
-class JobRunner:
-    """Claims and runs jobs for one server process; see the module docstring."""
+@dataclass
+class _Lease:
+    """One claimed row while this process runs it."""
 
-    def __init__(self, settings: Settings, database: Database, storage: Storage,
-                 sandbox: Sandbox | None = None):
+    txid: str
+    token: str
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+
+class JobRunner:
+    """Claims and runs jobs for one process; see the module docstring.
+
+    ``role`` is what the ``workers`` table calls this process: ``serve`` (jobs run
+    beside the API) or ``worker`` (``edgeai worker``).
+    """
+
+    def __init__(self, settings: Settings, database: Database, storage: FileStore,
+                 sandbox: Sandbox | None = None, role: str = "serve"):
         self.settings = settings
         self.database = database
         self.storage = storage
         self.sandbox = sandbox or sandbox_for(settings)
+        self.role = role
         self.claimer = worker_id()
         self._executor = ThreadPoolExecutor(settings.worker_threads, thread_name_prefix="prune")
-        self._held: set[str] = set()
+        self._held: dict[str, _Lease] = {}
         self._held_lock = threading.Lock()
         self._wake = threading.Event()
+        self._draining = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -65,6 +92,7 @@ class JobRunner:
         recover_stale_jobs(self.database, self.settings.stale_seconds, self.settings.max_attempts)
         self.sandbox.probe()
         self.sandbox.prepare_spares(FRAMEWORKS)
+        register_worker(self.database, self.claimer, self.role, self.settings.worker_threads)
         for target, name in ((self._dispatch_loop, "edgeai-dispatch"),
                              (self._heartbeat_loop, "edgeai-heartbeat")):
             thread = threading.Thread(target=target, name=name, daemon=True)
@@ -75,20 +103,43 @@ class JobRunner:
         """Look for work now instead of at the next poll (a row was just queued)."""
         self._wake.set()
 
+    def running(self) -> int:
+        """How many jobs this process runs now."""
+        with self._held_lock:
+            return len(self._held)
+
+    def drain(self, timeout: float, abort: threading.Event | None = None) -> bool:
+        """Stop claiming and let running jobs finish, for up to ``timeout`` seconds (or
+        until ``abort`` is set).
+
+        Returns True when none is left running (:meth:`stop` then hands back nothing).
+        """
+        self._draining.set()
+        deadline = time.monotonic() + timeout
+        while self.running() and time.monotonic() < deadline:
+            if abort is not None and abort.wait(0.1):
+                break
+            if abort is None:
+                time.sleep(0.1)
+        return not self.running()
+
     def stop(self, timeout: float = 10.0) -> None:
         """Stop claiming, kill running children, hand their rows back to the queue."""
         self._stop.set()
         self._wake.set()
+        with self._held_lock:
+            held = list(self._held.values())
+        for lease in held:
+            lease.cancel.set()
         self.sandbox.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
         for thread in self._threads:
             thread.join(timeout)
-        with self._held_lock:
-            held = list(self._held)
-        self._release(held)
-
-    def _release(self, txids: list[str]) -> None:
-        release(self.database, txids, self.claimer)
+        release(self.database, [lease.token for lease in held])
+        try:
+            deregister_worker(self.database, self.claimer)
+        except Exception:  # the database may be what is going away
+            log.exception("deregistering %s", self.claimer)
 
     # -- loops -------------------------------------------------------------
     def _free_slots(self) -> int:
@@ -100,20 +151,22 @@ class JobRunner:
         next_maintenance = time.monotonic() + maintenance_every
         while not self._stop.is_set():
             try:
-                while self._free_slots() > 0 and not self._stop.is_set():
+                while (self._free_slots() > 0 and not self._stop.is_set()
+                       and not self._draining.is_set()):
                     row = claim_next_job(self.database, self.claimer,
                                          self.settings.max_running_jobs)
                     if row is None:
                         break
+                    lease = _Lease(row.txid, str(row.lease_token))
                     with self._held_lock:
-                        self._held.add(row.txid)
-                    self._executor.submit(self._run, row)
+                        self._held[lease.token] = lease
+                    self._executor.submit(self._run, row, lease)
                 if time.monotonic() >= next_maintenance:
                     next_maintenance = time.monotonic() + maintenance_every
                     recover_stale_jobs(self.database, self.settings.stale_seconds,
                                        self.settings.max_attempts)
                     expire_artifacts(self.database, self.storage, self.settings.retention_hours)
-            except Exception:  # a locked database must not kill the loop
+            except Exception:  # a locked or restarting database must not kill the loop
                 log.exception("job dispatcher")
             self._wake.wait(self.settings.poll_seconds)
             self._wake.clear()
@@ -121,17 +174,27 @@ class JobRunner:
     def _heartbeat_loop(self) -> None:
         while not self._stop.wait(self.settings.heartbeat_seconds):
             with self._held_lock:
-                held = list(self._held)
+                held = dict(self._held)
             try:
-                heartbeat(self.database, held, self.claimer)
+                kept = heartbeat(self.database, list(held))
+                if not touch_worker(self.database, self.claimer):
+                    register_worker(self.database, self.claimer, self.role,
+                                    self.settings.worker_threads)
             except Exception:  # a missed beat is not fatal; the next one may pass
                 log.exception("heartbeat")
+                continue
+            for token, lease in held.items():
+                if token not in kept and not lease.cancel.is_set():
+                    log.warning("job %s: lease lost (re-queued after %.0f s without a "
+                                "heartbeat); stopping this run", lease.txid,
+                                self.settings.stale_seconds)
+                    lease.cancel.set()
 
     # -- one job -----------------------------------------------------------
-    def _run(self, row: Transaction) -> None:
+    def _run(self, row: Transaction, lease: _Lease) -> None:
         txid = row.txid
         try:
-            values = self._execute(row)
+            values = self._execute(row, lease)
         except JobFailed as error:
             values = {"state": "failed", "message": str(error)}
         except Exception as error:  # every job ends in a terminal state
@@ -140,22 +203,31 @@ class JobRunner:
                       "message": f"Internal error while pruning: {type(error).__name__}: {error}"}
         try:
             if self._stop.is_set() and values.get("state") != "done":
-                self._release([txid])
-            elif finish_job(self.database, txid, self.claimer, **values):
+                release(self.database, [lease.token])
+                log.info("job %s handed back (lease %s)", txid, lease.token)
+            elif finish_job(self.database, txid, self.claimer, lease=lease.token, **values):
                 self.storage.remove_inputs(txid)
+                log.info("job %s %s (lease %s)", txid, values.get("state"), lease.token)
+            else:
+                published = (values.get("report") or {}).get("artifacts") or {}
+                self.storage.remove_artifacts(txid, {n for n in published.values() if n})
+                log.warning("job %s: result discarded, lease %s was lost", txid, lease.token)
         finally:
-            self.storage.remove_work(txid)
+            self.storage.remove_work(txid, lease.token)
             with self._held_lock:
-                self._held.discard(txid)
+                self._held.pop(lease.token, None)
             self._wake.set()
 
-    def _execute(self, row: Transaction) -> dict:
-        job = build_job(row, self.storage)
-        staging = self.storage.work_dir(row.txid)
-        result = self.sandbox.run(job, staging, cancel=self._stop,
+    def _execute(self, row: Transaction, lease: _Lease) -> dict[str, Any]:
+        staging = self.storage.work_dir(row.txid, lease.token)
+        roles = [role.name for role in spec_for(row.framework).files]
+        job = build_job(row, self.storage.fetch_inputs(row.txid, roles, staging / "fetched"))
+        result = self.sandbox.run(job, staging, cancel=lease.cancel,
                                   brings_code=get_engine(row.framework).untrusted_code(job))
         report = dict(result.report)
         artifacts = dict(report.get("artifacts") or {})
+        if lease.cancel.is_set():
+            raise JobFailed("The job's lease was lost; another worker runs it.")
         # Extra artifacts (PyTorch state_dict / torch.export) are published too,
         # before the main one, so that "done" implies every listed file exists.
         for name in artifacts.values():
@@ -166,3 +238,36 @@ class JobRunner:
         report["artifacts"] = artifacts
         return {"state": "done", "message": result.message, "filename": result.artifact,
                 "report": report}
+
+
+def run_worker(settings: Settings, database: Database, storage: FileStore,
+               grace_seconds: float) -> int:
+    """``edgeai worker``: claim and run jobs until SIGTERM or SIGINT; no HTTP.
+
+    A first signal stops claiming and lets running jobs finish for up to
+    ``grace_seconds``, then hands back what is still running (the attempt is not
+    counted) and exits 0. A second signal hands back at once. A worker killed
+    outright loses its leases, and other workers re-claim its jobs when they expire.
+    """
+    runner = JobRunner(settings, database, storage, role="worker")
+    stopping, hurry = threading.Event(), threading.Event()
+
+    def on_signal(_signum: int, _frame: Any) -> None:
+        (hurry if stopping.is_set() else stopping).set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    runner.start()
+    log.info("worker %s: %d job(s) at a time, database %s, store %s", runner.claimer,
+             settings.worker_threads, database.engine.url.render_as_string(hide_password=True),
+             storage.describe())
+    while not stopping.wait(1.0):  # a bare wait() would not wake for signals
+        pass
+    log.info("worker %s: stopping; running jobs get %.0f s to finish", runner.claimer,
+             grace_seconds)
+    runner.drain(grace_seconds, abort=hurry)
+    left = runner.running()
+    runner.stop()
+    log.info("worker %s: stopped%s", runner.claimer,
+             f"; handed back {left} job(s)" if left else "")
+    return 0

@@ -16,15 +16,24 @@ def run_migrations_offline() -> None:
         context.run_migrations()
 
 
+def _migrate(connection) -> None:
+    # SQLite cannot ALTER most things; batch mode rebuilds tables instead.
+    context.configure(connection=connection, target_metadata=target_metadata,
+                      render_as_batch=True)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
 def run_migrations_online() -> None:
-    """Apply migrations on a live connection."""
+    """Apply migrations on a live connection: the caller's (edgeai.db.upgrade_database
+    passes the one that holds PostgreSQL's migration lock), or a new one."""
+    given = config.attributes.get("connection")
+    if given is not None:
+        _migrate(given)
+        return
     engine = create_engine(config.get_main_option("sqlalchemy.url"))
     with engine.connect() as connection:
-        # SQLite cannot ALTER most things; batch mode rebuilds tables instead.
-        context.configure(connection=connection, target_metadata=target_metadata,
-                          render_as_batch=True)
-        with context.begin_transaction():
-            context.run_migrations()
+        _migrate(connection)
     engine.dispose()
 
 

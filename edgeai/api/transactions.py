@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import uuid
 
-from flask import request, send_file
+from flask import redirect, request, send_file
 from flask_restx import Namespace, Resource, fields
 from sqlalchemy import func, select
 
@@ -139,8 +139,13 @@ class Download(Resource):
         if not filename:
             why = "; ".join((row.report or {}).get("warnings") or []) or "it could not be made"
             raise Conflict(f"No {fmt} file exists for this model: {why}", status=row.status)
-        path = context.storage().result_path(row.txid, filename)
-        if not path.is_file():
+        download = context.storage().open_download(row.txid, filename)
+        if download is None:
             raise Gone("The pruned model file is gone; submit the model again.")
-        return send_file(path, as_attachment=True, download_name=filename,
-                         mimetype="application/octet-stream", max_age=0)
+        if download.url:  # EDGEAI_S3_DOWNLOADS=redirect: a presigned URL of the store
+            return redirect(download.url)
+        response = send_file(download.source, as_attachment=True, download_name=filename,
+                             mimetype="application/octet-stream", max_age=0)
+        if download.size is not None:
+            response.content_length = download.size
+        return response

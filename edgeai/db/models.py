@@ -1,7 +1,8 @@
-"""The tables: transactions (the job queue itself) and API keys.
+"""The tables: transactions (the job queue itself), API keys, and live workers.
 
 Times are stored as Unix epoch seconds (floats): SQLite has no time zone-aware
-type, and the queue compares heartbeats arithmetically.
+type, and the queue compares heartbeats arithmetically. Lease times come from
+the database's clock (:mod:`edgeai.db.clock`), so hosts need not agree on theirs.
 """
 from __future__ import annotations
 
@@ -18,7 +19,10 @@ class Base(DeclarativeBase):
 
 # A transaction's life: queued -> running -> done | failed; done -> expired once
 # its artifact is removed after the retention period. A running row whose worker
-# died goes back to queued (bounded by max_attempts). The guide's string status
+# died goes back to queued (bounded by max_attempts). Each claim gets a fresh
+# ``lease_token``: heartbeats, the final write and a hand-back name the lease, so a
+# worker whose lease expired (and whose job another worker took) writes nothing.
+# The guide's string status
 # codes are derived from the state, never stored, so the two cannot disagree.
 STATUS_CODES = {"done": "0", "queued": "1", "running": "2", "failed": "-1", "expired": "-1"}
 
@@ -39,6 +43,7 @@ class Transaction(Base):
     report: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     claimed_by: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_token: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
     created_at: Mapped[float] = mapped_column(Float, default=time.time, index=True)
     started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
@@ -60,3 +65,19 @@ class ApiKey(Base):
     secret_hash: Mapped[str] = mapped_column(String(256))
     created_at: Mapped[float] = mapped_column(Float, default=time.time)
     revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class Worker(Base):
+    """A process that claims jobs (``edgeai worker``, or a server running its own), while it
+    lives: registered at start, touched with every heartbeat, removed when it stops or
+    when its heartbeat is older than a lease."""
+
+    __tablename__ = "workers"
+
+    worker_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    role: Mapped[str] = mapped_column(String(16))
+    concurrency: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[float] = mapped_column(Float)
+    heartbeat_at: Mapped[float] = mapped_column(Float, index=True)
