@@ -7,7 +7,7 @@ PORT ?= 5000
 WORKERS ?= 2
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-fast lint bench clean
+.PHONY: install run worker test test-fast lint bench bench-scaleout clean
 
 install: $(STAMP)
 
@@ -24,6 +24,12 @@ run: install
 	$(BIN)/gunicorn --bind $(HOST):$(PORT) --workers $(WORKERS) --worker-class gthread \
 		--threads 4 --timeout 300 --graceful-timeout 30 --no-control-socket wsgi:app
 
+# A worker for a split deployment: set EDGEAI_DATABASE_URL (PostgreSQL) and
+# EDGEAI_STORAGE_URL (s3://...) as for the API; see the README's Scale-out section.
+CONCURRENCY ?= 1
+worker: install
+	$(BIN)/edgeai worker --concurrency $(CONCURRENCY)
+
 lint: install
 	$(BIN)/ruff check edgeai tests wsgi.py migrations bench
 	$(BIN)/python -m mypy
@@ -37,6 +43,9 @@ test-fast: install
 
 bench: install
 	$(BIN)/python -m bench
+
+bench-scaleout: install
+	$(BIN)/python -m bench.scaleout
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache .mypy_cache

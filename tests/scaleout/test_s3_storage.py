@@ -120,3 +120,21 @@ def test_settings_open_the_bucket_from_the_usual_aws_variables(seaweed, tmp_path
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
     with pytest.raises(StorageError, match="AWS_ENDPOINT_URL"):
         open_storage(settings).check()
+
+
+def test_the_sandbox_child_sees_neither_the_store_keys_nor_the_database(tmp_path, monkeypatch):
+    from edgeai.runner import sandbox_for
+
+    secrets = {"AWS_SECRET_ACCESS_KEY": "s3-secret-value", "AWS_ACCESS_KEY_ID": "s3-key-id",
+               "AWS_SESSION_TOKEN": "s3-session", "AWS_ENDPOINT_URL": "http://store:8333",
+               "EDGEAI_DATABASE_URL": "postgresql+psycopg://edgeai:db-password@db/edgeai",
+               "PGPASSWORD": "db-password"}
+    for name, value in secrets.items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings({"EDGEAI_DATA_DIR": str(tmp_path / "var"),
+                              "EDGEAI_DATABASE_URL": secrets["EDGEAI_DATABASE_URL"],
+                              "EDGEAI_STORAGE_URL": "s3://bucket/prefix"})
+    env = sandbox_for(settings).child_env()
+    assert not [name for name in env if name.startswith(("AWS_", "EDGEAI_", "PG"))]
+    leaked = [value for value in secrets.values() if any(value in v for v in env.values())]
+    assert leaked == []
