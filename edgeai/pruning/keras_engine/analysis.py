@@ -18,10 +18,13 @@ from edgeai.pruning.keras_engine.graph import (
     SEPARABLE,
     ChannelGraph,
     LayerRecord,
+    attention_projections,
     build_graph,
+    directions,
     is_producer,
     iterate_paths,
     producer_width,
+    unwrap,
 )
 from edgeai.pruning.pipeline import Analysis, ChannelGroup, LayerInfo
 from edgeai.pruning.report import LayerStatus
@@ -32,7 +35,18 @@ CHANNEL_STATISTICS = (L.LayerNormalization, L.GroupNormalization, L.Softmax)
 
 
 def filter_l1(layer) -> np.ndarray:
-    """L1 norm of each output filter's kernel (one value per output channel)."""
+    """L1 norm of each output filter's kernel (one value per output channel).
+
+    A recurrent unit's filter is its columns in every gate block of the kernel and
+    the recurrent kernel; an attention head's is its slice of the query, key, value
+    (and gate) kernels and its rows of the output kernel.
+    """
+    layer = unwrap(layer)
+    if isinstance(layer, L.MultiHeadAttention):
+        return attention_head_l1(layer)
+    inner = directions(layer)
+    if inner:
+        return np.concatenate([_unit_l1(d) for d in inner])
     if isinstance(layer, SEPARABLE):
         kernel = np.abs(layer.pointwise_kernel.numpy())
     else:
@@ -40,6 +54,25 @@ def filter_l1(layer) -> np.ndarray:
     if isinstance(layer, CONV_T):  # kernel [..., out, in]
         return kernel.sum(axis=tuple(i for i in range(kernel.ndim) if i != kernel.ndim - 2))
     return kernel.reshape(-1, kernel.shape[-1]).sum(axis=0)
+
+
+def _unit_l1(layer) -> np.ndarray:
+    """Per unit of a recurrent layer: its kernel and recurrent-kernel columns, all gates."""
+    units = producer_width(layer)
+    total = np.zeros(units)
+    for weight in (layer.cell.kernel, layer.cell.recurrent_kernel):
+        columns = np.abs(weight.numpy()).reshape(-1, weight.shape[-1]).sum(axis=0)
+        total += columns.reshape(-1, units).sum(axis=0)
+    return total
+
+
+def attention_head_l1(layer) -> np.ndarray:
+    """Per head of a MultiHeadAttention: the L1 norm of all its kernels' slices."""
+    total = np.zeros(producer_width(layer))
+    for dense in attention_projections(layer):  # kernels [in, heads, dim]
+        total += np.abs(dense.kernel.numpy()).sum(axis=(0, 2))
+    total += np.abs(layer.output_dense.kernel.numpy()).sum(axis=(1, 2))  # [heads, dim, out]
+    return total
 
 
 def analyse(model) -> tuple[Analysis, ChannelGraph]:

@@ -5,9 +5,13 @@ Every output channel of every tensor is mapped to a *channel element*. Producers
 (BatchNormalization, activations, pooling, ...) pass their input's elements on;
 ``Add``-like layers unify their inputs' elements one to one (a union-find);
 ``Concatenate`` joins its inputs' element lists (so channel offsets map back to
-each producer); ``Flatten`` tiles the elements over the spatial positions (so a
-``Dense`` after it knows which of its inputs belong to which channel); a depthwise
-convolution repeats each element ``depth_multiplier`` times. A set of elements
+each producer); ``Flatten`` and ``Reshape`` map the channel axis into the new last
+axis when it lands there as a contiguous block (``(H, W, C) -> (H, W*C)`` tiles the
+elements, ``(T, h*d) -> (T, h, d)`` ties position ``i`` of every block); a depthwise
+convolution repeats each element ``depth_multiplier`` times. Recurrent layers
+(LSTM, GRU, SimpleRNN, ConvLSTM, and Bidirectional around them) produce one element
+per unit; MultiHeadAttention produces one per head (its output width stays), and
+TimeDistributed is handled as the layer it wraps. A set of elements
 that must go together is one *channel*; producers that share channels form a
 *group*, scored and pruned as one. Elements that reach a model output or a layer
 this module does not understand are *frozen*: their groups are left whole, and
@@ -19,6 +23,7 @@ takes freezes the channels through it.
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 
 import keras
@@ -30,6 +35,11 @@ CONV = (L.Conv1D, L.Conv2D, L.Conv3D)
 CONV_T = (L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose)
 SEPARABLE = (L.SeparableConv1D, L.SeparableConv2D)
 DEPTHWISE = (L.DepthwiseConv1D, L.DepthwiseConv2D)
+# Recurrent layers whose units are prunable: their cell's kernel [..., in, gates*units],
+# recurrent kernel [..., units, gates*units] and bias [..., gates*units] hold the
+# gates side by side, each block in unit order.
+RECURRENT = (L.LSTM, L.GRU, L.SimpleRNN, L.ConvLSTM1D, L.ConvLSTM2D, L.ConvLSTM3D)
+CONV_RECURRENT = (L.ConvLSTM1D, L.ConvLSTM2D, L.ConvLSTM3D)
 MERGE = (L.Add, L.Subtract, L.Multiply, L.Average, L.Maximum, L.Minimum)
 PASS_THROUGH = (
     L.BatchNormalization, L.Activation, L.ReLU, L.LeakyReLU, L.PReLU, L.ELU, L.Softmax,
@@ -53,9 +63,40 @@ ELEMENTWISE_OPS = {
 }
 
 
+def unwrap(layer):
+    """The layer a TimeDistributed applies at every step (the layer itself otherwise)."""
+    while isinstance(layer, L.TimeDistributed):
+        layer = layer.layer
+    return layer
+
+
+def directions(layer) -> list:
+    """The recurrent layers of ``layer``: itself, or a Bidirectional's forward and
+    backward layers (empty when it is not a recurrent layer the pruner knows)."""
+    if isinstance(layer, L.Bidirectional):
+        inner = [layer.forward_layer, layer.backward_layer]
+        return inner if all(isinstance(d, RECURRENT) for d in inner) else []
+    return [layer] if isinstance(layer, RECURRENT) else []
+
+
+def attention_projections(layer) -> list:
+    """The query, key, value (and gate) projections of a MultiHeadAttention."""
+    dense = [layer.query_dense, layer.key_dense, layer.value_dense]
+    gate = getattr(layer, "_gate_dense", None)
+    return dense + ([gate] if gate is not None else [])
+
+
+def is_recurrent(layer) -> bool:
+    """An LSTM/GRU/SimpleRNN/ConvLSTM, or a Bidirectional around one of them."""
+    return bool(directions(unwrap(layer)))
+
+
 def is_producer(layer) -> bool:
-    """Does ``layer`` create output channels of its own (a prunable filter bank)?"""
-    return isinstance(layer, CONV + CONV_T + SEPARABLE + (L.Dense,))
+    """Does ``layer`` create output channels of its own (a prunable filter bank, the
+    units of a recurrent layer, the heads of an attention layer)?"""
+    layer = unwrap(layer)
+    return isinstance(layer, CONV + CONV_T + SEPARABLE + (L.Dense, L.MultiHeadAttention)) \
+        or is_recurrent(layer)
 
 
 def is_depthwise_grouped(layer) -> bool:
@@ -67,8 +108,18 @@ def is_depthwise_grouped(layer) -> bool:
 
 
 def producer_width(layer) -> int:
-    """Output channels (filters or units) of a producer."""
-    return int(layer.units if isinstance(layer, L.Dense) else layer.filters)
+    """Output channels (filters or units; heads of an attention layer; both directions'
+    units of a Bidirectional) of a producer."""
+    layer = unwrap(layer)
+    if isinstance(layer, L.Bidirectional):
+        return sum(producer_width(d) for d in directions(layer))
+    if isinstance(layer, L.MultiHeadAttention):
+        return int(layer.num_heads)
+    if isinstance(layer, CONV_RECURRENT):
+        return int(layer.filters)
+    if isinstance(layer, L.Dense) or isinstance(layer, RECURRENT):
+        return int(layer.units)
+    return int(layer.filters)
 
 
 class UnionFind:
@@ -113,6 +164,8 @@ class LayerRecord:
     space: np.ndarray | None = None
     in_maps: list[np.ndarray] | None = None  # nested models: one map per input
     out_map: np.ndarray | None = None
+    # MultiHeadAttention: the elements of its query, key and value inputs.
+    inputs: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass
@@ -343,10 +396,190 @@ def _elementwise_op(visit: Visit) -> list[np.ndarray]:
     return _merge(visit.graph, visit.node, visit.in_maps, visit.name)
 
 
-def _unit_axes_reshape(visit: Visit) -> list[np.ndarray]:
-    """(C,) <-> (1, 1, C): the channel axis stays last and keeps its order."""
+def _reshape(visit: Visit) -> list[np.ndarray]:
+    """Reshape keeps the row-major order of the elements, so with C channels last in
+    and D features last out, element ``f`` is channel ``f % C`` and feature ``f % D``:
+
+    * D a multiple of C (``(H, W, C) -> (H, W*C)``): feature ``d`` is channel
+      ``d % C``, the elements tiled;
+    * C a multiple of D > 1 (``(T, h*d) -> (T, h, d)``): feature ``d`` holds channels
+      ``d, d + D, ...``, which are tied so that they go together;
+    * otherwise no feature is one channel: the channels are kept.
+
+    The other axes never change size, so only the last target dimension is rewritten.
+    """
+    before, after = _last_dim(visit.node.input_tensors[0]), _last_dim(visit.node.outputs[0])
+    if before is None or after is None:
+        return visit.freeze_all("Reshape of an input or to a shape whose last size is unknown")
+    if after % before and (before % after or after == 1):
+        shapes = (tuple(visit.node.input_tensors[0].shape)[1:],
+                  tuple(visit.node.outputs[0].shape)[1:])
+        return visit.freeze_all(f"Reshape {shapes[0]} -> {shapes[1]} does not keep the "
+                                f"{before} channels as one contiguous last-axis block")
     visit.remember_input()
-    return [visit.first]
+    first = visit.first
+    if after % before == 0:
+        return [np.tile(first, after // before)]
+    for start in range(after, before, after):
+        visit.graph.unify(first[:after], first[start:start + after])
+    return [first[:after]]
+
+
+def _last_dim(tensor) -> int | None:
+    shape = tuple(tensor.shape)
+    return int(shape[-1]) if len(shape) > 1 and shape[-1] is not None else None
+
+
+def _permute(visit: Visit) -> list[np.ndarray]:
+    """Permute: channels pass when the last axis stays last; else they are kept."""
+    dims = tuple(visit.layer.dims)
+    if dims and dims[-1] == len(dims):
+        return [visit.first]
+    return visit.freeze_all(f"Permute{dims} moves the channel axis away from the last axis")
+
+
+def _keep_producer(visit: Visit, why: str) -> list[np.ndarray]:
+    """A producer the pruner leaves whole: its inputs and its own channels are frozen."""
+    visit.remember_input()
+    for elements in visit.in_maps:
+        visit.graph.freeze(elements, visit.name, why)
+    visit.graph.freeze(visit.new_space(producer_width(visit.layer)), visit.name, why)
+    return _fresh_frozen(visit.graph, visit.node, visit.name, why)
+
+
+def _recurrent_refusal(layer) -> str | None:
+    """Why the units of a recurrent layer (or Bidirectional) cannot be pruned, or None."""
+    inner = directions(layer)
+    if any(getattr(d, "stateful", False) for d in inner):
+        return "a stateful recurrent layer keeps states of its width between calls"
+    if any(getattr(d, "data_format", "channels_last") == "channels_first" for d in inner):
+        return "channels_first data format"
+    if len(inner) == 2 and (type(inner[0]) is not type(inner[1])
+                            or producer_width(inner[0]) != producer_width(inner[1])):
+        return "its forward and backward layers differ in kind or width"
+    return None
+
+
+def _recurrent(visit: Visit) -> list[np.ndarray]:
+    """An LSTM/GRU/SimpleRNN/ConvLSTM produces one channel per unit; its input features
+    follow the channels before it. A Bidirectional produces both directions' units
+    side by side, which lose the same positions (Keras builds both alike); merged by
+    sum/ave/mul, unit ``i`` of both directions is one channel. Every returned state
+    carries its direction's units; initial states passed in are tied to them."""
+    layer, node = visit.layer, visit.node
+    why = _recurrent_refusal(layer)
+    inner = directions(layer)
+    states = 2 if isinstance(inner[0], (L.LSTM,) + CONV_RECURRENT) else 1
+    initial = _initial_states(node)
+    if why is None and len(visit.in_maps) > 1 and \
+            len(initial) != len(visit.in_maps) - 1:
+        why = "called with inputs other than the sequence and its initial states"
+    if why is not None:
+        return _keep_producer(visit, why)
+    visit.remember_input()
+    fresh = visit.record.space is None
+    space = visit.new_space(producer_width(layer))
+    units = len(space) // len(inner)
+    parts = [space[i * units:(i + 1) * units] for i in range(len(inner))]
+    for elements, part in zip(visit.in_maps[1:], [p for p in parts for _ in range(states)],
+                              strict=False):
+        if len(elements) == len(part):
+            visit.graph.unify(elements, part)
+    if len(inner) == 1:
+        return [space] * len(node.outputs)
+    merge = getattr(layer, "merge_mode", "concat")
+    if merge in ("sum", "ave", "mul"):
+        visit.graph.unify(parts[0], parts[1])
+        merged = [parts[0]]
+    else:
+        if fresh:
+            visit.graph.constraints.append((space, 2, visit.name))
+        merged = [space] if merge == "concat" else parts
+    state_maps = [p for p in parts for _ in range(states)]
+    return (merged + state_maps)[:len(node.outputs)]
+
+
+def _initial_states(node) -> list:
+    """The initial-state tensors a recurrent layer was called with (flattened)."""
+    arguments = getattr(node, "arguments", None)
+    kwargs = dict(getattr(arguments, "kwargs", None) or {})
+    args = list(getattr(arguments, "args", None) or ())
+    initial = kwargs.get("initial_state", args[1] if len(args) > 1 else None)
+    if initial is None:
+        return []
+    return list(initial) if isinstance(initial, (list, tuple)) else [initial]
+
+
+def _attention(visit: Visit) -> list[np.ndarray]:
+    """MultiHeadAttention: one channel per head (its query/key/value/output weights
+    sliced per head); its query, key and value features follow their inputs. Its
+    output width is kept, so channels tied to its output stay whole."""
+    layer, node = visit.layer, visit.node
+    try:
+        call = inspect.signature(layer.call).bind(*node.arguments.args,
+                                                   **node.arguments.kwargs).arguments
+    except (TypeError, AttributeError):
+        return _keep_producer(visit, "MultiHeadAttention called in a way the pruner "
+                                     "cannot read")
+    if call.get("return_attention_scores") or len(node.outputs) != 1:
+        return _keep_producer(visit, "its attention scores are returned, one row per head")
+    maps = {id(t): m for t, m in zip(node.input_tensors, visit.in_maps, strict=True)}
+    roles = {"query": call.get("query"), "value": call.get("value")}
+    roles["key"] = call.get("key") if call.get("key") is not None else roles["value"]
+    record = visit.record
+    for role, tensor in roles.items():
+        elements = maps.get(id(tensor))
+        if elements is None:
+            return _keep_producer(visit, f"its {role} input is not a tensor the pruner "
+                                         "follows")
+        if role not in record.inputs:
+            record.inputs[role] = elements
+        elif len(record.inputs[role]) == len(elements):
+            visit.graph.unify(record.inputs[role], elements)
+    used = {id(t) for t in roles.values()}
+    for tensor, elements in zip(node.input_tensors, visit.in_maps, strict=True):
+        if id(tensor) not in used:  # masks: their last axis is not channels
+            visit.graph.freeze(elements, visit.name, "attention mask input")
+    visit.new_space(producer_width(layer))
+    return _fresh_frozen(visit.graph, node, visit.name,
+                         "MultiHeadAttention keeps its output width (its heads are pruned "
+                         "instead)")
+
+
+@dataclass
+class _StepShapes:
+    """The shape of one tensor at one time step (the time axis dropped)."""
+
+    shape: tuple
+
+
+class _StepNode:
+    """A TimeDistributed call seen from the layer it wraps: every tensor without its
+    time axis, so that the wrapped layer's handler decides as it would alone."""
+
+    def __init__(self, node):
+        self.input_tensors = [_StepShapes(_drop_time(t)) for t in node.input_tensors]
+        self.outputs = [_StepShapes(_drop_time(t)) for t in node.outputs]
+        self.arguments = getattr(node, "arguments", None)
+
+
+def _drop_time(tensor) -> tuple:
+    shape = tuple(tensor.shape)
+    return shape[:1] + shape[2:]
+
+
+def _time_distributed(visit: Visit) -> list[np.ndarray]:
+    """TimeDistributed(layer): the wrapped layer's rule, applied to one time step."""
+    inner = visit.layer.layer
+    if isinstance(inner, keras.Model):
+        return visit.freeze_all("TimeDistributed around a model")
+    step = Visit(visit.graph, inner, _StepNode(visit.node), visit.in_maps, visit.name,
+                 visit.record)
+    for matches, handle in HANDLERS:
+        if matches(step):
+            return handle(step)
+    return visit.freeze_all(f"TimeDistributed({type(inner).__name__}) is not understood by "
+                            "the pruner; channels through it are kept")
 
 
 def _merge_layer(visit: Visit) -> list[np.ndarray]:
@@ -387,14 +620,18 @@ def _is_per_channel(visit: Visit) -> bool:
 # Tried in order; the first that matches a layer decides its outputs' channels.
 HANDLERS = [
     (lambda v: isinstance(v.layer, keras.Model), _nested_model),
+    (lambda v: isinstance(v.layer, L.TimeDistributed), _time_distributed),
     (lambda v: is_depthwise_grouped(v.layer), _depthwise_grouped_conv),
+    (lambda v: is_recurrent(v.layer), _recurrent),
+    (lambda v: isinstance(v.layer, L.MultiHeadAttention), _attention),
     (lambda v: is_producer(v.layer), _producer),
     (lambda v: isinstance(v.layer, DEPTHWISE), _depthwise),
     (lambda v: isinstance(v.layer, L.GroupNormalization) and v.layer.axis in (-1, v.rank - 1),
      _group_normalization),
     (_is_per_channel, _per_channel),
     (_is_elementwise_op, _elementwise_op),
-    (lambda v: isinstance(v.layer, L.Reshape) and _only_unit_axes(v.node), _unit_axes_reshape),
+    (lambda v: isinstance(v.layer, L.Reshape), _reshape),
+    (lambda v: isinstance(v.layer, L.Permute), _permute),
     (lambda v: isinstance(v.layer, MERGE), _merge_layer),
     (lambda v: isinstance(v.layer, L.Concatenate), _concatenate),
     (lambda v: isinstance(v.layer, L.Flatten) and v.channels_last, _flatten),
@@ -423,15 +660,6 @@ def _merge(graph: ChannelGraph, node, in_maps: list[np.ndarray], name: str) -> l
     for elements in in_maps:
         graph.freeze(elements, name, "inputs of different widths")
     return _fresh_frozen(graph, node, name, "inputs of different widths")
-
-
-def _only_unit_axes(node) -> bool:
-    """Does a Reshape only add or drop size-1 axes in front of an unchanged last axis?"""
-    before = tuple(node.input_tensors[0].shape)[1:]
-    after = tuple(node.outputs[0].shape)[1:]
-    if not before or not after or before[-1] is None or before[-1] != after[-1]:
-        return False
-    return all(d == 1 for d in before[:-1]) and all(d == 1 for d in after[:-1])
 
 
 def iterate_layers(model):

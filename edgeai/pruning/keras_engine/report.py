@@ -5,7 +5,17 @@ import math
 
 import keras
 
-from edgeai.pruning.keras_engine.graph import CONV, CONV_T, DEPTHWISE, SEPARABLE, iterate_layers
+from edgeai.pruning.keras_engine.graph import (
+    CONV,
+    CONV_RECURRENT,
+    CONV_T,
+    DEPTHWISE,
+    RECURRENT,
+    SEPARABLE,
+    attention_projections,
+    directions,
+    iterate_layers,
+)
 
 L = keras.layers
 
@@ -15,7 +25,18 @@ def _prod(shape) -> int:
 
 
 def layer_macs(layer, in_shape, out_shape) -> int:
-    """Multiply-accumulates of one call of ``layer`` for one sample."""
+    """Multiply-accumulates of one call of ``layer`` for one sample (unknown sizes,
+    such as a free time axis, count as 1)."""
+    if isinstance(layer, L.TimeDistributed):
+        steps = _prod(in_shape[1:2])
+        return steps * layer_macs(layer.layer, in_shape[:1] + in_shape[2:],
+                                  out_shape[:1] + out_shape[2:])
+    if isinstance(layer, L.Bidirectional):
+        return sum(layer_macs(d, in_shape, out_shape) for d in directions(layer))
+    if isinstance(layer, RECURRENT):
+        return _recurrent_macs(layer, in_shape, out_shape)
+    if isinstance(layer, L.MultiHeadAttention):
+        return _attention_macs(layer, in_shape)
     kernel_size = _prod(getattr(layer, "kernel_size", ()) or (1,))
     if isinstance(layer, L.Dense):
         return _prod(in_shape[1:]) * int(layer.units)
@@ -32,6 +53,29 @@ def layer_macs(layer, in_shape, out_shape) -> int:
         return (_prod(out_shape[1:]) * kernel_size * int(in_shape[-1])
                 // max(1, getattr(layer, "groups", 1)))
     return 0
+
+
+def _recurrent_macs(layer, in_shape, out_shape) -> int:
+    """Every step: each gate's kernel over the input and recurrent kernel over the state
+    (per output position and kernel tap, for a ConvLSTM)."""
+    cell = layer.cell
+    per_step = (int(cell.kernel.shape[-2]) + int(cell.recurrent_kernel.shape[-2])) \
+        * int(cell.kernel.shape[-1])
+    if isinstance(layer, CONV_RECURRENT):
+        spatial = out_shape[2:-1] if layer.return_sequences else out_shape[1:-1]
+        per_step *= _prod(spatial) * _prod(layer.kernel_size)
+    return _prod(in_shape[1:2]) * per_step
+
+
+def _attention_macs(layer, query_shape) -> int:
+    """Projections, scores, weighted values and output, for self-attention lengths
+    (the key/value length of a call is not known here; the query's stands for it)."""
+    length = _prod(query_shape[1:-1])
+    heads, key_dim = int(layer.num_heads), int(layer.key_dense.kernel.shape[-1])
+    value_dim = int(layer.value_dense.kernel.shape[-1])
+    projections = sum(_prod(dense.kernel.shape) for dense in attention_projections(layer))
+    output = _prod(layer.output_dense.kernel.shape)
+    return length * (projections + output) + length * length * heads * (key_dim + value_dim)
 
 
 def count_macs(model) -> int:

@@ -13,14 +13,19 @@ import keras
 import numpy as np
 
 from edgeai.pruning.keras_engine.graph import (
+    CONV_RECURRENT,
     CONV_T,
     DEPTHWISE,
     SEPARABLE,
     ChannelGraph,
+    attention_projections,
+    directions,
     is_depthwise_grouped,
     is_producer,
+    is_recurrent,
     iterate_layers,
     producer_width,
+    unwrap,
 )
 
 L = keras.layers
@@ -41,6 +46,8 @@ class Removal:
 
 
 Cut = Callable[[np.ndarray, int, np.ndarray], np.ndarray]
+# Layers whose initializers live in sub-layers or private attributes: cloned as they are.
+NO_CHEAP_CLONE = (L.RNN, L.Bidirectional, L.TimeDistributed, L.MultiHeadAttention)
 
 
 def slice_out(array: np.ndarray, axis: int, keep: np.ndarray) -> np.ndarray:
@@ -62,8 +69,14 @@ def sliced_weights(layer, record, removal: Removal, _slice: Cut = slice_out,
     weights = [w.numpy() for w in layer.weights]
     if not weights or record is None:
         return None
+    if isinstance(layer, L.TimeDistributed):  # its weights are the wrapped layer's
+        return sliced_weights(unwrap(layer), record, removal, _slice)
     in_keep = removal.alive(record.in_map) if record.in_map is not None else None
     out_keep = removal.alive(record.space) if record.space is not None else None
+    if isinstance(layer, L.MultiHeadAttention):
+        return _attention_weights(layer, record, removal, _slice)
+    if is_recurrent(layer):
+        return _recurrent_weights(layer, in_keep, out_keep, _slice)
     if is_depthwise_grouped(layer):
         kernel, *rest = weights
         return [_slice(kernel, -1, in_keep)] + [_slice(b, 0, in_keep) for b in rest]
@@ -109,13 +122,55 @@ def sliced_weights(layer, record, removal: Removal, _slice: Cut = slice_out,
     return None
 
 
+def _recurrent_weights(layer, in_keep: np.ndarray | None, out_keep: np.ndarray | None,
+                       _slice: Cut) -> list[np.ndarray]:
+    """A recurrent layer (or both directions of a Bidirectional): the kernel loses the
+    removed inputs' rows, the recurrent kernel the removed units' rows, and all three
+    the removed units' columns in every gate block."""
+    new: dict[int, np.ndarray] = {}
+    inner = directions(layer)
+    units = producer_width(inner[0])
+    for index, rnn in enumerate(inner):
+        cell = rnn.cell
+        keep = (out_keep[index * units:(index + 1) * units] if out_keep is not None
+                else np.ones(units, dtype=bool))
+        gates = np.tile(keep, int(cell.kernel.shape[-1]) // units)
+        inputs = in_keep if in_keep is not None else np.ones(cell.kernel.shape[-2], dtype=bool)
+        new[id(cell.kernel)] = _slice(_slice(cell.kernel.numpy(), -2, inputs), -1, gates)
+        new[id(cell.recurrent_kernel)] = _slice(_slice(cell.recurrent_kernel.numpy(), -2, keep),
+                                                -1, gates)
+        if getattr(cell, "bias", None) is not None:  # GRU(reset_after): [2, gates*units]
+            new[id(cell.bias)] = _slice(cell.bias.numpy(), -1, gates)
+    return [new[id(w)] if id(w) in new else w.numpy() for w in layer.weights]
+
+
+def _attention_weights(layer, record, removal: Removal, _slice: Cut) -> list[np.ndarray]:
+    """MultiHeadAttention: every projection loses the removed heads (kernels
+    [in, heads, dim], biases [heads, dim]) and the rows of its removed inputs; the
+    output kernel [heads, dim, out] loses the removed heads."""
+    heads = removal.alive(record.space)
+    new: dict[int, np.ndarray] = {}
+    roles = ["query", "key", "value", "query"]  # the gate reads the query
+    for dense, role in zip(attention_projections(layer), roles, strict=False):
+        kernel = _slice(dense.kernel.numpy(), 1, heads)
+        if role in record.inputs:
+            kernel = _slice(kernel, 0, removal.alive(record.inputs[role]))
+        new[id(dense.kernel)] = kernel
+        if getattr(dense, "bias", None) is not None:
+            new[id(dense.bias)] = _slice(dense.bias.numpy(), 0, heads)
+    output = layer.output_dense
+    new[id(output.kernel)] = _slice(output.kernel.numpy(), 0, heads)
+    return [new[id(w)] if id(w) in new else w.numpy() for w in layer.weights]
+
+
 def mask_model(model, removal: Removal):
     """Zero, in ``model`` itself, every weight that reads or writes a removed channel."""
     for layer in iterate_layers(model):
         record = removal.graph.records.get(id(layer))
         if isinstance(layer, keras.Model) or not layer.weights or record is None:
             continue
-        touched = [m for m in (record.in_map, record.space) if m is not None]
+        touched = [m for m in (record.in_map, record.space, *record.inputs.values())
+                   if m is not None]
         if not any((~removal.alive(m)).any() for m in touched):
             continue
         weights = sliced_weights(layer, record, removal, zero_out)
@@ -128,26 +183,54 @@ def pruned_config(layer, removal: Removal) -> dict:
     """``layer``'s config with the widths the removal leaves it."""
     config = layer.get_config()
     record = removal.graph.records.get(id(layer))
-    alive_in = (int(removal.alive(record.in_map).sum())
-                if record is not None and record.in_map is not None else None)
-    if alive_in is not None and isinstance(layer, L.Reshape):
-        config["target_shape"] = tuple(config["target_shape"][:-1]) + (alive_in,)
+    if record is not None:
+        _narrow(layer, config, record, removal)
+    return config
+
+
+def _narrow(layer, config: dict, record, removal: Removal) -> None:
+    """Set, in ``config``, the widths ``layer`` has once the removal is applied."""
+    alive_in = (int(removal.alive(record.in_map).sum()) if record.in_map is not None else None)
+    if isinstance(layer, L.TimeDistributed):
+        inner = config["layer"]
+        inner.pop("build_config", None)  # built again, at the new width, on first call
+        _narrow(layer.layer, inner["config"], record, removal)
+        return
+    if isinstance(layer, L.Reshape) and record.out_map is not None \
+            and config["target_shape"][-1] != -1:
+        config["target_shape"] = tuple(config["target_shape"][:-1]) + (
+            int(removal.alive(record.out_map).sum()),)
     if alive_in is not None and type(layer).__name__ == "LayerScale" \
             and "projection_dim" in config:
         config["projection_dim"] = alive_in
     if alive_in is not None and is_depthwise_grouped(layer):
         config["filters"] = config["groups"] = alive_in
-    if record is not None and record.space is not None and is_producer(layer):
-        width = int(removal.alive(record.space).sum())
-        if width != producer_width(layer):
-            config["units" if isinstance(layer, L.Dense) else "filters"] = width
-    return config
+    if record.space is None or not is_producer(layer):
+        return
+    width = int(removal.alive(record.space).sum())
+    if isinstance(layer, L.MultiHeadAttention):
+        config["num_heads"] = width
+        query = record.inputs.get("query")
+        if not config.get("output_shape") and query is not None \
+                and not removal.alive(query).all():
+            # The output width follows the query's unless given: it is kept.
+            config["output_shape"] = (int(layer.output_dense.kernel.shape[-1]),)
+    elif isinstance(layer, L.Bidirectional):
+        for key in ("layer", "backward_layer"):
+            if config.get(key):
+                config[key].pop("build_config", None)
+                config[key]["config"]["units"] = width // 2
+    elif width != producer_width(layer):
+        config["units" if isinstance(layer, L.Dense) or (
+            is_recurrent(layer) and not isinstance(layer, CONV_RECURRENT)) else "filters"] = width
 
 
 def _cheap_clone(layer, config: dict):
     """``layer``'s class from ``config``, built with zero initializers (every weight is
     overwritten; random ones cost a third of the rewrite), the user's initializers put
     back so that the saved config still names them."""
+    if isinstance(layer, NO_CHEAP_CLONE):
+        return layer.__class__.from_config(config)
     restore = {}
     for key in list(config):
         if key.endswith("_initializer") and config[key] is not None:
