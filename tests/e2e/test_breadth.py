@@ -111,3 +111,37 @@ def test_pytorch_architecture(server, tmp_path, name):
     done = subprocess.run([sys.executable, "-c", check], cwd=user, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-2000:]
+
+
+# Sequence models (issue 13): one recurrent model of each framework's zoo, through the
+# service. The engine tests prune and check the whole zoo exactly.
+def test_keras_bidirectional_lstm_tagger(server, tmp_path):
+    import keras
+    import numpy as np
+
+    from tests.pruning.keras_engine.sequence_zoo import bilstm_tagger
+
+    keras.utils.set_random_seed(0)
+    model, shape = bilstm_tagger()
+    path = tmp_path / "tagger.keras"
+    model.save(path)
+    with open(path, "rb") as handle:
+        response = requests.post(f"{server.url}/api/tf_prune?percent=0.4&measure=false",
+                                 headers=server.headers,
+                                 files={"model": (path.name, handle)}, timeout=120)
+    status = server.wait(response.json()["txid"], server.headers, timeout=600)
+    assert status["status"] == "0", status["message"]
+    report = status["report"]
+    assert report["verification"]["exactness"]["passed"] is True
+    assert report["params_after"] <= 0.8 * report["params_before"], report["layers"]
+    assert {row["name"]: row["status"] for row in report["layers"]}["bilstm"] == "pruned"
+    pruned = keras.saving.load_model(fetch(server, status["txid"], tmp_path / status["filename"]))
+    x = np.random.rand(2, *shape).astype("float32")
+    assert pruned.predict(x, verbose=0).shape == (2, 8, 4)
+
+
+def test_pytorch_conv_lstm_keyword_spotter(server, tmp_path, monkeypatch):
+    from tests.pruning.torch_engine.sequence_zoo import SEQUENCE
+
+    monkeypatch.setitem(BREADTH, "kws_lstm", SEQUENCE["kws_lstm"])
+    test_pytorch_architecture(server, tmp_path, "kws_lstm")
