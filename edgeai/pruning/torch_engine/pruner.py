@@ -282,6 +282,7 @@ def channel_groups(group) -> int:
 MOVERS = frozenset({"permute", "transpose", "swapaxes", "swapdims", "movedim", "moveaxis",
                     "view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "t",
                     "__getitem__", "narrow", "select"})
+CONCATS = frozenset({"cat", "concat", "concatenate"})
 # Layers that read and write channels on axis 1, and those that use the last axis.
 CHANNELS_FIRST = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
                   nn.ConvTranspose3d, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d,
@@ -300,6 +301,9 @@ class _Op:
     shape: tuple[int, ...]
     in_shape: tuple[int, ...] | None = None
     replay: Callable[[torch.Tensor], torch.Tensor] | None = None
+    # A concatenation: the autograd nodes of its inputs, in order, and its axis.
+    joined: tuple[Any, ...] = ()
+    dim: int | None = None
 
 
 class _Recorder(TorchFunctionMode):
@@ -325,10 +329,14 @@ class _Recorder(TorchFunctionMode):
 
             def replay(tensor, func=func, rest=rest, kwargs=kwargs):
                 return func(tensor, *rest, **kwargs)
+        joined, dim = (), None
+        if name in CONCATS and args and isinstance(args[0], (list, tuple)):
+            joined = tuple(t.grad_fn for t in args[0])
+            dim = kwargs.get("dim", args[1] if len(args) > 1 else 0)
         # The first operation to create a node names it (x.contiguous() may return x).
         self.ops.setdefault(result.grad_fn, _Op(name, tuple(result.shape),
                                                 tuple(first.shape) if first is not None
-                                                else None, replay))
+                                                else None, replay, joined, dim))
         return result
 
     def enter(self, module: nn.Module, *_: Any) -> None:
@@ -564,7 +572,9 @@ def follow_layouts(graph: tp.DependencyGraph, recorder: _Recorder,
             layout[node] = None
             continue
         source, (axis, shape) = known[0]
-        if op is not None and op.name == "recurrent_state":
+        if op is not None and op.joined:
+            layout[node] = _follow_concat(graph, node, op, layout)
+        elif op is not None and op.name == "recurrent_state":
             _fold_states(source, node)
             layout[node] = (len(op.shape) - 1, op.shape)
         elif op is not None and op.replay is not None and len(set(node.inputs)) == 1 \
@@ -601,6 +611,37 @@ class _FoldMapping:
         for i in idxs:
             seen.setdefault(hybrid(idx=i.idx % self.hidden, root_idx=i.root_idx))
         return list(seen)
+
+
+def _follow_concat(graph: tp.DependencyGraph, node, op: _Op,
+                   layout: dict) -> tuple[int, tuple] | None:
+    """A concatenation on the channel axis places each input's channels at its offset
+    (torch-pruning infers the sizes from the layers around, which fails for the final
+    states of a bidirectional layer, and only looks at axis 1); on another axis its
+    inputs carry the same channels."""
+    nodes = {n.grad_fn: n for n in graph.module2node.values()}
+    inputs = [nodes.get(fn) for fn in op.joined]
+    known = [layout.get(n) for n in inputs]
+    if any(n is None for n in inputs) or any(k is None for k in known) \
+            or len(set(inputs)) != len(inputs) or len({k[0] for k in known}) != 1:
+        first = next((k for k in known if k is not None), None)
+        return (first[0], op.shape) if first is not None else None
+    axis = known[0][0]
+    if op.dim % len(op.shape) != axis:
+        node.enable_index_mapping = False  # the inputs' channels are the same channels
+        return axis, op.shape
+    sizes = [shape[axis] for _, shape in known]
+    offsets = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+    node.module.concat_sizes, node.module.offsets = sizes, offsets
+    mapping = tp.dependency.index_mapping._ConcatIndexMapping
+    for index, source in enumerate(inputs):
+        for dep in source.dependencies:
+            if dep.target is node:
+                dep.index_mapping[1] = mapping(offsets[index:index + 2], reverse=False)
+        for dep in node.dependencies:
+            if dep.target is source:
+                dep.index_mapping[1] = mapping(offsets[index:index + 2], reverse=True)
+    return axis, op.shape
 
 
 def _fold_states(output, states) -> None:

@@ -198,3 +198,37 @@ def test_a_size_fixed_in_the_code_leaves_only_its_group_whole(user_files):
     pruned, failed = pruner.rewrite(model, example, plan)
     assert list(failed) == ["conv"] and "the model does not run" in failed["conv"]
     assert pruned.conv.out_channels == 8 and pruned.lstm.hidden_size == 4
+
+
+BIDIRECTIONAL_STATES = """
+import torch
+import torch.nn as nn
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(4, 8, 3, padding=1)
+        self.lstm = nn.LSTM(8, 6, batch_first=True, bidirectional=True)
+        self.fc = nn.Linear(12, 2)
+
+    def forward(self, x):
+        _, (h, _) = self.lstm(torch.relu(self.conv(x)).transpose(1, 2))
+        return self.fc(torch.cat((h[-2], h[-1]), dim=1))  # forward and backward states
+"""
+
+
+def test_bidirectional_final_states_concatenated(user_files):
+    _, model = user_files(BIDIRECTIONAL_STATES)
+    example = torch.randn(1, 4, 9)
+    analysis = pruner.analyse(model, example)
+    groups = {group.key: group for group in analysis.groups}
+    assert groups["lstm"].blocks == 2 and groups["lstm"].blocked is None
+    plan = Plan(removal={"conv": [0, 5], "lstm": [1, 4, 7, 10]})  # units 1, 4 both ways
+    pruned, failed = pruner.rewrite(model, example, plan)
+    assert not failed and pruned.lstm.hidden_size == 4 and pruned.fc.in_features == 8
+    torch.testing.assert_close(pruned.fc.weight, model.fc.weight[:, [0, 2, 3, 5, 6, 8, 9, 11]],
+                               atol=0, rtol=0)
+    masked = pruner.mask(model, example, plan)  # what the job's exactness check runs
+    x = torch.randn(3, 4, 9)
+    with torch.no_grad():
+        torch.testing.assert_close(masked(x), pruned.eval()(x), atol=1e-6, rtol=1e-5)
