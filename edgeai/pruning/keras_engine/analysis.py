@@ -134,7 +134,9 @@ def _groups(graph: ChannelGraph) -> list[ChannelGroup]:
         carried_by = [record for record, carried in carriers if carried & wanted]
         groups.append(ChannelGroup(
             key=members[0].path, members=[record.path for record in members],
-            carriers=[record.path for record in carried_by],
+            # The producers too: an attention layer's heads are carried by no tensor.
+            carriers=list(dict.fromkeys([record.path for record in carried_by]
+                                        + [record.path for record in members])),
             scores=np.array([scores[root] for root in order]),
             blocks=layout[1] if isinstance(layout, tuple) else 1,
             blocked=_blocked(roots, frozen, layout), inexact=_inexact(carried_by),

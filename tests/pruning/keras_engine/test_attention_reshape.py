@@ -99,3 +99,12 @@ def test_reshape_that_breaks_channels_keeps_them_and_says_why(tmp_path):
     assert rows["odd"]["status"] == "unsupported" and rows["odd"]["channels_after"] == 10
     assert "Reshape (7, 10) -> (10, 7) does not keep the 10 channels" in rows["odd"]["reason"]
     assert result.report["verification"]["exactness"]["passed"] is True
+
+
+def test_an_attention_layer_carries_its_heads_so_that_ommitted_keeps_them():
+    from edgeai.pruning.keras_engine.analysis import analyse
+
+    model, _ = transformer_block()
+    analysis, _ = analyse(model)
+    heads = next(group for group in analysis.groups if group.members == ["mha"])
+    assert "mha" in heads.carriers and len(heads.scores) == 4 and heads.blocked is None
