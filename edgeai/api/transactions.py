@@ -79,6 +79,17 @@ def find_transaction(accepted: list[str]) -> Transaction:
         return row
 
 
+def _why_missing(row: Transaction, fmt: str) -> str:
+    """Why a finished job has no file in ``fmt``: its export's failure, or not asked for."""
+    report = row.report or {}
+    export = (report.get("exports") or {}).get(fmt)
+    if export:
+        return export.get("detail") or "it could not be made"
+    if fmt in ((row.params or {}).get("formats") or ()) or fmt in ("model", "state_dict", "pt2"):
+        return "; ".join(report.get("warnings") or []) or "it could not be made"
+    return f"the job was not asked for it; submit the model again with formats={fmt}"
+
+
 @ns.route("status")
 class Status(Resource):
     """The state of one transaction."""
@@ -137,8 +148,8 @@ class Download(Resource):
                              f"{', '.join(allowed)}.", status=row.status)
         filename = artifacts.get(fmt)
         if not filename:
-            why = "; ".join((row.report or {}).get("warnings") or []) or "it could not be made"
-            raise Conflict(f"No {fmt} file exists for this model: {why}", status=row.status)
+            raise Conflict(f"No {fmt} file exists for this model: {_why_missing(row, fmt)}",
+                           status=row.status)
         download = context.storage().open_download(row.txid, filename)
         if download is None:
             raise Gone("The pruned model file is gone; submit the model again.")

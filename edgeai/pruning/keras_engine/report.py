@@ -14,7 +14,6 @@ from edgeai.pruning.keras_engine.graph import (
     SEPARABLE,
     attention_projections,
     directions,
-    iterate_layers,
 )
 
 L = keras.layers
@@ -79,14 +78,24 @@ def _attention_macs(layer, query_shape) -> int:
 
 
 def count_macs(model) -> int:
-    """Total multiply-accumulates per sample over every call of every layer."""
+    """Total multiply-accumulates per sample over every call in ``model``'s graph.
+
+    The calls are the nodes of the model's own graph (nested models walked into):
+    a layer's ``_inbound_nodes`` also hold calls from other graphs (a Sequential
+    loaded from a file has several), which must not count.
+    """
+    from edgeai.pruning.keras_engine.graph import _layers_graph
+
     total = 0
-    for layer in iterate_layers(model):
-        for node in getattr(layer, "_inbound_nodes", []):
-            if not node.input_tensors or not node.outputs:
-                continue
-            total += layer_macs(layer, tuple(node.input_tensors[0].shape),
-                                tuple(node.outputs[0].shape))
+    nodes_by_depth, _, _ = _layers_graph(model)
+    for nodes in nodes_by_depth.values():
+        for node in nodes:
+            layer = node.operation
+            if isinstance(layer, keras.Model):
+                total += count_macs(layer)
+            elif node.input_tensors and node.outputs:
+                total += layer_macs(layer, tuple(node.input_tensors[0].shape),
+                                    tuple(node.outputs[0].shape))
     return int(total)
 
 
