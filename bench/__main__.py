@@ -300,9 +300,9 @@ def main() -> int:
     print(f"{'-' * width}  {'-' * 16}  {'-' * 40}")
     for name, value, note in rows:
         print(f"{name.ljust(width)}  {value:>16}  {note}")
-    from bench import deploy
+    from bench import accuracy, deploy
 
-    return deploy.main()
+    return deploy.main() or accuracy.main()
 
 
 if __name__ == "__main__":

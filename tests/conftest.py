@@ -13,6 +13,12 @@ from edgeai import create_app
 from edgeai.auth import create_key
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# One compute thread per framework, as the sandbox gives each job: on this 2-core
+# machine, tests training or running models in-process beside a server's jobs
+# otherwise oversubscribe the cores (a small torch CNN: 95 s instead of 3 s).
+for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
+              "TF_NUM_INTEROP_THREADS"):
+    os.environ.setdefault(_name, "1")
 
 
 def reachable_tmp(tmp_path):

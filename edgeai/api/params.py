@@ -11,14 +11,14 @@ says what is allowed. Functions raise :class:`edgeai.errors.BadRequest`.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import PurePosixPath, PureWindowsPath
 from typing import Any
 
 from werkzeug.datastructures import FileStorage
 
 from edgeai.errors import BadRequest
-from edgeai.pruning.spec import EngineSpec, Param, ParameterError
+from edgeai.pruning.spec import FileRole, Param, ParameterError
 
 
 def refuse_unknown(given: Iterable[str], accepted: list[str], what: str,
@@ -42,9 +42,9 @@ def refuse_unknown(given: Iterable[str], accepted: list[str], what: str,
                      f"{', '.join(accepted) or 'none'}.")
 
 
-def accepted_parameters(spec: EngineSpec) -> list[str]:
-    """Every query parameter name a submit call accepts, aliases included."""
-    return [name for param in spec.params for name in (param.name, *param.aliases)]
+def accepted_parameters(params: tuple[Param, ...]) -> list[str]:
+    """Every query parameter name a call accepts, aliases included."""
+    return [name for param in params for name in (param.name, *param.aliases)]
 
 
 def _given(param: Param, args: Mapping[str, str]) -> str | None:
@@ -60,15 +60,17 @@ def _given(param: Param, args: Mapping[str, str]) -> str | None:
     return args.get(param.name)
 
 
-def read_params(spec: EngineSpec, args: Mapping[str, str]) -> dict[str, Any]:
-    """The submit call's parameters, parsed, keyed as the queue stores them."""
-    primary = {alias: param.name for param in spec.params for alias in param.aliases}
-    refuse_unknown(args.keys(), accepted_parameters(spec), "parameter", primary)
+def read_params(params: tuple[Param, ...], args: Mapping[str, str], files: set[str],
+                check: Callable[[dict[str, Any], set[str]], None]) -> dict[str, Any]:
+    """A call's parameters, parsed, keyed as the queue stores them; ``check`` sees them
+    all at once with the names of the files given."""
+    primary = {alias: param.name for param in params for alias in param.aliases}
+    refuse_unknown(args.keys(), accepted_parameters(params), "parameter", primary)
     values = {}
     try:
-        for param in spec.params:
+        for param in params:
             values[param.key] = param.parse(_given(param, args))
-        spec.check(values)
+        check(values, files)
     except ParameterError as error:
         raise BadRequest(str(error)) from None
     return values
@@ -107,13 +109,13 @@ def check_file(files: Mapping[str, FileStorage], field: str, extensions: tuple[s
     return upload
 
 
-def read_files(spec: EngineSpec, files: Mapping[str, FileStorage],
+def read_files(roles: tuple[FileRole, ...], files: Mapping[str, FileStorage],
                form: Mapping[str, str]) -> dict[str, FileStorage]:
-    """The submit call's uploads by role, each checked; unknown fields refused."""
-    refuse_unknown([*files.keys(), *form.keys()], [role.name for role in spec.files],
+    """A call's uploads by role, each checked; unknown fields refused."""
+    refuse_unknown([*files.keys(), *form.keys()], [role.name for role in roles],
                    "form field")
     uploads = {}
-    for role in spec.files:
+    for role in roles:
         upload = check_file(files, role.name, role.extensions, role.required)
         if upload is not None:
             uploads[role.name] = upload

@@ -18,7 +18,7 @@ from edgeai.api import context
 from edgeai.api.params import client_file_name, read_files, read_params
 from edgeai.errors import SUBMIT
 from edgeai.pruning import specs
-from edgeai.pruning.spec import EngineSpec, Param
+from edgeai.pruning.spec import EngineSpec, FileRole, Param, check_analysis
 
 ns = Namespace("prune", description="Submit a model for L1-norm filter pruning")
 
@@ -64,12 +64,12 @@ def _document(parser: Any, param: Param) -> None:
                             help=f"Another spelling of {param.name}, same meaning.")
 
 
-def parser_for(spec: EngineSpec) -> Any:
-    """The Swagger description of ``spec``'s call: every parameter, alias and file."""
+def parser_for(params: tuple[Param, ...], roles: tuple[FileRole, ...]) -> Any:
+    """The Swagger description of a call: every parameter, alias and file."""
     parser = ns.parser()
-    for param in spec.params:
+    for param in params:
         _document(parser, param)
-    for role in spec.files:
+    for role in roles:
         parser.add_argument(role.name, type=FileStorage, location="files",
                             required=role.required,
                             help=f"{role.help} ({', '.join(role.extensions)})")
@@ -85,26 +85,36 @@ def submit_responses(method: Any) -> Any:
     return ns.marshal_with(submitted, description="Submitted")(method)
 
 
-def submit_resource(spec: EngineSpec) -> type[Resource]:
-    """A resource class for ``spec``'s submit call, registered on :data:`ns`."""
+def submit_resource(spec: EngineSpec, analyze: bool = False) -> type[Resource]:
+    """A resource class for ``spec``'s prune call (or its analysis call), registered on
+    :data:`ns`."""
+    params = spec.analyze_params() if analyze else spec.params
+    roles = spec.analyze_files() if analyze else spec.files
+    check = check_analysis if analyze else spec.check
+    endpoint = spec.analyze_endpoint if analyze else spec.endpoint
 
     def post(self: Resource) -> dict[str, str]:
         owner = context.current_client()
-        params = read_params(spec, request.args)
-        uploads = read_files(spec, request.files, request.form)
+        uploads = read_files(roles, request.files, request.form)
+        values = read_params(params, request.args, set(uploads), check)
+        if analyze:
+            values["task"] = "analyze"
         txid = queue.submit(context.database(), context.storage(), context.settings(), owner,
-                            spec.name, params, {role: u.stream for role, u in uploads.items()},
+                            spec.name, values, {role: u.stream for role, u in uploads.items()},
                             {role: client_file_name(u) for role, u in uploads.items()})
         context.wake_runner()
         return {"txid": txid, "message": "Successfully submitted transaction."}
 
-    post.__doc__ = spec.summary
-    resource = type(f"Submit_{spec.endpoint}", (Resource,), {
-        "__doc__": f"Prune a {spec.name} model.",
+    post.__doc__ = (f"Analyse a {spec.name} model on your data: each channel group's "
+                    "sensitivity, and a per-group plan for a cost target."
+                    if analyze else spec.summary)
+    resource = type(f"Submit_{endpoint}", (Resource,), {
+        "__doc__": f"{'Analyse' if analyze else 'Prune'} a {spec.name} model.",
         "error_kind": SUBMIT,
-        "post": ns.expect(parser_for(spec))(submit_responses(post)),
+        "post": ns.expect(parser_for(params, roles))(submit_responses(post)),
     })
-    return ns.route(spec.endpoint)(resource)
+    return ns.route(endpoint)(resource)
 
 
-SUBMIT_RESOURCES = [submit_resource(spec) for spec in specs()]
+SUBMIT_RESOURCES = [submit_resource(spec, analyze) for spec in specs()
+                    for analyze in (False, True) if not analyze or spec.analyze_endpoint]

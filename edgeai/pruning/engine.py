@@ -112,12 +112,31 @@ class Engine(ABC):
         """The plain-text summary the status message shows."""
 
     def load_data(self, job: PruneJob, loaded: Loaded, report: JobReport) -> Any:
-        """The job's evaluation data, if it brought any (None otherwise)."""
+        """The job's evaluation data as :class:`edgeai.pruning.metric.Data` (NumPy
+        samples and labels), if it brought any (None otherwise). Raises PruningError
+        for a dataset that cannot be used at all (unreadable, wrong sample shape)."""
         return None
 
-    def evaluate(self, model: Any, data: Any) -> float | None:
-        """The metric on ``data`` (None where it cannot be measured)."""
-        return None
+    def copy(self, model: Any) -> Any:
+        """An independent copy of ``model`` (same architecture and weights)."""
+        raise PruningError("this engine cannot copy a model")
+
+    def refit(self, pruned: Any, loaded: Loaded, analysis: Analysis, plan: Plan, fit: Any,
+              check: Any) -> dict[str, list[str]]:
+        """Least-squares refit, in place, of the layers of ``pruned`` that lost input
+        channels, from ``fit`` data; a layer keeps its refit only where it lowers its
+        error against the original's on ``check``. ``loaded`` is the unmasked original.
+        Returns ``{"refit": [...], "refit_rejected": [...]}``."""
+        return {"refit": [], "refit_rejected": []}
+
+    def reestimate(self, model: Any, data: Any) -> int:
+        """Recompute, in place, the BatchNorm statistics of ``model`` on ``data``;
+        return how many layers."""
+        return 0
+
+    def train_epoch(self, model: Any, data: Any, kind: str | None, epoch: int) -> None:
+        """One epoch of fine-tuning ``model`` on ``data`` for the metric ``kind``."""
+        raise PruningError("this engine cannot fine-tune")
 
     # -- deploy formats and timing (optional) ---------------------------------
     export_formats: ClassVar[tuple[str, ...]] = ()

@@ -13,6 +13,7 @@ written once.
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from edgeai.pruning.accuracy import Accuracy
 from edgeai.pruning.base import PruneJob, PruneResult, PruningError
 from edgeai.pruning.engine import Engine
 from edgeai.pruning.plan import (
@@ -28,11 +30,13 @@ from edgeai.pruning.plan import (
     ensure_prunable,
     layer_changes,
     make_plan,
+    resolve_ratios,
     rounding_hints,
     search_percent,
     target_summary,
 )
 from edgeai.pruning.report import JobReport
+from edgeai.pruning.sensitivity import analyse_job
 from edgeai.pruning.speed import measure_speed
 from edgeai.pruning.structure import Analysis, ChannelGroup, LayerInfo, Loaded, Plan
 from edgeai.pruning.verify import (
@@ -62,23 +66,32 @@ def run(engine: Engine, job: PruneJob) -> PruneResult:
         loaded = engine.load(job, Path(job.output_dir).parent)
         check_omitted(job.omitted, engine.layer_names(loaded), engine.channel_layers(loaded),
                       engine.separator)
-        data = engine.load_data(job, loaded, report)
-        if data is not None:
-            report.accuracy_before = engine.evaluate(loaded.model, data)
+        accuracy = Accuracy(engine, engine.load_data(job, loaded, report))
         report.params_before, report.macs_before = engine.measure(loaded.model, loaded)
+    accuracy.measure(loaded.model, "before")
     report.file_size_before = os.path.getsize(engine.primary_input(job))
     with step(report, "analyse"):
         analysis = engine.analyse(loaded)
+    if job.options.get("task") == "analyze":
+        return analyse(engine, loaded, analysis, job, report, accuracy)
     plan, pruned = choose(engine, loaded, analysis, job, report)
     report.layers = layer_changes(analysis, plan, engine.widths(pruned))
     rounding_hints(report.layers, report.round_to, report.warnings)
+    accuracy.measure(pruned, "after_prune")
+    # Recovery needs the original as it is; the exactness check masks it, so recovery
+    # works on a copy first, and the check proves the rewrite on the model as rewritten.
+    final = accuracy.recover(engine.copy(pruned), loaded, analysis, plan, job) \
+        if accuracy.active and job.options.get("recover", True) else pruned
     batch = engine.example_batch(loaded, SEED)
     expected = outputs(engine, pruned, batch, "The pruned model")
     report.verification.exactness = verify_exactness(engine, loaded, analysis, plan, pruned,
                                                      batch, expected)
+    final = accuracy.finetune(final, job)
+    if final is not pruned:
+        pruned, expected = final, outputs(engine, final, batch, "The recovered model")
+    report.evaluation = accuracy.finish()
+    _legacy_accuracy(report)
     report.params_after, report.macs_after = engine.measure(pruned, loaded)
-    if data is not None:
-        report.accuracy_after = engine.evaluate(pruned, data)
     save(engine, pruned, loaded, job, report)
     report.verification.round_trip = verify_round_trip(engine, job, report.artifacts, pruned,
                                                        batch, expected)
@@ -92,6 +105,17 @@ def run(engine: Engine, job: PruneJob) -> PruneResult:
                        message=engine.summary(pruned, loaded, job), report=report.to_dict())
 
 
+def _legacy_accuracy(report: JobReport) -> None:
+    """accuracy_before/after: the held-out top-1 accuracy before and as shipped."""
+    evaluation = report.evaluation
+    if evaluation is None or evaluation.metric != "top1_accuracy":
+        return
+    report.accuracy_before = evaluation.before
+    report.accuracy_after = next((value for value in (
+        evaluation.after_finetune, evaluation.after_recovery, evaluation.after_prune)
+        if value is not None), None)
+
+
 def choose(engine: Engine, loaded: Loaded, analysis: Analysis, job: PruneJob,
            report: JobReport) -> tuple[Plan, Any]:
     """The plan and the pruned model: for ``percent``, or for the percent that meets
@@ -99,21 +123,24 @@ def choose(engine: Engine, loaded: Loaded, analysis: Analysis, job: PruneJob,
     the shipped model's own)."""
     round_to = report.round_to
     target = job.options.get("target")
+    ratios = read_plan(job, analysis, engine) if "plan" in job.inputs else None
+    report.plan = ratios
     rewrites: dict[float, tuple[Plan, Any]] = {}
 
     def rewrite_at(percent: float) -> tuple[Plan, Any]:
         if percent not in rewrites:
-            plan = make_plan(analysis, percent, job.omitted, engine.separator, round_to)
+            plan = make_plan(analysis, percent, job.omitted, engine.separator, round_to, ratios)
             pruned, failed = engine.rewrite(loaded, analysis, plan)
             drop_failed(plan, analysis, failed, report)
             rewrites[percent] = (plan, pruned)
         return rewrites[percent]
 
     def final(percent: float) -> tuple[Plan, Any]:
+        amount = 1.0 if ratios else percent  # a plan's groups have their own ratios
         ensure_prunable(analysis, make_plan(analysis, percent, job.omitted, engine.separator,
-                                            round_to), percent)
+                                            round_to, ratios), amount)
         plan, pruned = rewrite_at(percent)
-        ensure_prunable(analysis, plan, percent)
+        ensure_prunable(analysis, plan, amount)
         return plan, pruned
 
     with step(report, "rewrite"):
@@ -130,6 +157,49 @@ def choose(engine: Engine, loaded: Loaded, analysis: Analysis, job: PruneJob,
         report.target = target_summary(target, percent, reached, evaluations)
         report.warnings = list(dict.fromkeys(report.warnings))
         return final(percent)
+
+
+MAX_PLAN_BYTES = 1 << 20
+
+
+def read_plan(job: PruneJob, analysis: Analysis, engine: Engine) -> dict[str, float]:
+    """The ``plan`` file: JSON {group or layer name: fraction in [0, 1)}, resolved to
+    group keys. Raises PruningError saying what is wrong."""
+    allowed = ("plan must be a JSON object of group or layer names to fractions in [0, 1), "
+               'e.g. {"conv1": 0.3, "layer2.0.conv1": 0.5}')
+    path = job.inputs["plan"]
+    if os.path.getsize(path) > MAX_PLAN_BYTES:
+        raise PruningError(f"plan: larger than {MAX_PLAN_BYTES >> 10} KB; {allowed}.")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            requested = json.load(handle)
+    except (ValueError, UnicodeDecodeError):
+        raise PruningError(f"plan: not valid JSON; {allowed}.") from None
+    if not isinstance(requested, dict) or not all(
+            isinstance(name, str) and isinstance(value, (int, float))
+            and not isinstance(value, bool) and 0 <= value < 1
+            for name, value in requested.items()):
+        raise PruningError(f"plan: {allowed}.")
+    return resolve_ratios({name: float(value) for name, value in requested.items()},
+                          analysis, [layer.name for layer in analysis.layers],
+                          engine.separator)
+
+
+def analyse(engine: Engine, loaded: Loaded, analysis: Analysis, job: PruneJob,
+            report: JobReport, accuracy: Accuracy) -> PruneResult:
+    """The analysis task (tf_analyze, pt_analyze): no model is shipped, a plan is."""
+    with step(report, "rewrite"):
+        artifact = analyse_job(engine, loaded, analysis, job, accuracy, report)
+    report.evaluation = accuracy.finish()
+    report.artifacts = {"model": artifact, "plan": artifact}
+    result = report.sensitivity or {}
+    lines = [f"Sensitivity of {len(result.get('groups', []))} channel groups on "
+             f"{accuracy.report.samples if accuracy.report else 0} held-out samples "
+             f"({result.get('metric')}; the original: {result.get('baseline')}).",
+             f"Recommended plan for {result.get('target')}: {json.dumps(result.get('plan'))}",
+             f"  measured: {result.get('plan_result')}",
+             f"Uniform for the same target: {result.get('uniform')}"]
+    return PruneResult(artifact=artifact, message="\n".join(lines), report=report.to_dict())
 
 
 def save(engine: Engine, pruned: Any, loaded: Loaded, job: PruneJob, report: JobReport) -> None:

@@ -61,13 +61,15 @@ def _omitted_carrier(carriers: list[str], omitted: tuple[str, ...], separator: s
 
 
 def make_plan(analysis: Analysis, percent: float, omitted: tuple[str, ...], separator: str,
-              round_to: int = 1) -> Plan:
-    """Choose the channels to remove in every group (see the module docstring)."""
+              round_to: int = 1, ratios: dict[str, float] | None = None) -> Plan:
+    """Choose the channels to remove in every group (see the module docstring); with
+    ``ratios`` (group key -> fraction), each group at its own ratio, 0 if not named."""
     plan = Plan()
     for layer in analysis.layers:
         plan.status[layer.name] = layer.fixed or (LayerStatus.UNCHANGED, None)
     for group in analysis.groups:
-        verdict = _group_verdict(group, percent, omitted, separator, round_to)
+        share = percent if ratios is None else ratios.get(group.key, 0.0)
+        verdict = _group_verdict(group, share, omitted, separator, round_to)
         if isinstance(verdict, tuple):
             for member in group.members:
                 if plan.status.get(member, (LayerStatus.UNCHANGED,))[0] == LayerStatus.UNCHANGED:
@@ -117,6 +119,30 @@ def _group_verdict(group: ChannelGroup, percent: float, omitted: tuple[str, ...]
     scores = np.asarray(group.scores, dtype=np.float64).reshape(group.blocks, per_block).sum(0)
     positions = sorted(range(per_block), key=lambda i: (float(scores[i]), i))[:remove]
     return sorted(block * per_block + p for block in range(group.blocks) for p in positions)
+
+
+def resolve_ratios(requested: dict[str, float], analysis: Analysis, names: list[str],
+                   separator: str) -> dict[str, float]:
+    """A user's plan (group or layer name -> ratio) as group key -> ratio.
+
+    Each name must be a group's key or one of its members (a layer with channels);
+    raises PruningError with the unknown names, their closest match and the groups.
+    """
+    owner = {member: group.key for group in analysis.groups for member in group.members}
+    unknown = [name for name in requested if name not in owner]
+    if unknown:
+        hints = []
+        for name in unknown:
+            close = [n for n in owner if n.endswith(separator + name)] or \
+                difflib.get_close_matches(name, list(owner) or names, n=1, cutoff=0.6)
+            hints.append(f"{name} (did you mean {close[0]}?)" if close else name)
+        raise PruningError(f"plan names layers that are not prunable channel groups of the "
+                           f"model: {', '.join(hints)}. Groups: "
+                           f"{listing([group.key for group in analysis.groups])}.")
+    ratios: dict[str, float] = {}
+    for name, ratio in requested.items():
+        ratios[owner[name]] = max(ratios.get(owner[name], 0.0), ratio)
+    return ratios
 
 
 def ensure_prunable(analysis: Analysis, plan: Plan, percent: float) -> None:

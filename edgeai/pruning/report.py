@@ -110,6 +110,28 @@ class Speed:
 
 
 @dataclass
+class Evaluation:
+    """The metric on the user's held-out data, at each stage of the job."""
+
+    metric: str | None = doc("top1_accuracy (class scores), element_accuracy (dense class "
+                             "maps) or mse (float targets); None if not measured")
+    higher_is_better: bool | None = doc("Whether a larger value is better")
+    samples: int | None = doc("Held-out samples the metric is measured on")
+    calibration_samples: int | None = doc("Samples recovery and fine-tuning learn from")
+    before: float | None = doc("The original model")
+    after_prune: float | None = doc("The pruned model, as rewritten")
+    after_recovery: float | None = doc("After recovery (BatchNorm statistics re-estimated, "
+                                       "layers that lost inputs refit by least squares)")
+    after_finetune: float | None = doc("After fine-tuning (the last epoch)")
+    epochs: list[float] = doc("Held-out metric after each fine-tuning epoch",
+                              default_factory=list)
+    recovery: dict[str, Any] | None = doc("What recovery did: layers refit (and kept), "
+                                          "BatchNorm layers re-estimated, seconds")
+    detail: str | None = doc("How the data was split, or 'not measured: <reason>'")
+    seconds: float | None = doc("Time evaluation, recovery and fine-tuning took")
+
+
+@dataclass
 class JobReport:
     """Everything a finished job reports."""
 
@@ -138,6 +160,15 @@ class JobReport:
                                     default_factory=dict)
     verification: Verification = doc("Exactness and round-trip checks",
                                      default_factory=Verification)
+    plan: dict[str, float] | None = doc("The per-group ratios used, when a plan was sent "
+                                        "(group key -> fraction removed)", omit_none=True)
+    sensitivity: dict[str, Any] | None = doc(
+        "An analysis (tf_analyze, pt_analyze): per group, the metric and cost when that "
+        "group alone is pruned at 0.1..0.9; the recommended plan for the target with its "
+        "measured cost and metric; the uniform percent for the same target", omit_none=True)
+    evaluation: Evaluation | None = doc("The metric on your data before, after pruning, "
+                                        "after recovery and fine-tuning (with a dataset)",
+                                        omit_none=True)
     exports: dict[str, ExportCheck] = doc("Deploy formats asked for (formats=...), each "
                                           "checked in its runtime", default_factory=dict)
     speed: Speed | None = doc("Latency before and after (measure=false skips it)",

@@ -73,7 +73,21 @@ class EngineSpec:
     files: tuple[FileRole, ...]
     downloads: tuple[str, ...] = ("model",)
     download_help: str = "model: the pruned model, in the format uploaded"
-    check: Callable[[dict[str, Any]], None] = field(default=lambda values: None)
+    check: Callable[[dict[str, Any], set[str]], None] = field(
+        default=lambda values, files: None)
+    analyze_endpoint: str | None = None
+
+    def analyze_params(self) -> tuple[Param, ...]:
+        """What an analysis takes: the prune call's parameters but those that only
+        shape a shipped model (a percent, formats, timing, recovery, fine-tuning)."""
+        skipped = ("percent", "formats", "measure", "batch_size", "recover", "finetune_epochs")
+        return tuple(param for param in self.params if param.name not in skipped)
+
+    def analyze_files(self) -> tuple[FileRole, ...]:
+        """The prune call's files, with the dataset required and no plan."""
+        return tuple(FileRole(role.name, role.extensions, role.help, required=True)
+                     if role.name == "dataset" else role
+                     for role in self.files if role.name != "plan")
 
     def param(self, name: str) -> Param:
         """The parameter called ``name`` (or one of its aliases)."""
@@ -242,14 +256,52 @@ def formats_param(allowed: tuple[str, ...]) -> Param:
                  parse, example=",".join(allowed))
 
 
-def check_percent_or_target(values: dict[str, Any]) -> None:
-    """Exactly one of ``percent`` (the guide's) and ``target`` says how much to prune."""
-    if values.get("percent") is None and values.get("target") is None:
-        raise ParameterError(f"percent is required (or target instead); {PERCENT_ALLOWED}.")
-    if values.get("percent") is not None and values.get("target") is not None:
-        raise ParameterError("Send percent or target, not both: percent removes that fraction "
-                             "of every group's channels; target searches the fraction that "
-                             "keeps that much of the parameters or MACs.")
+MAX_FINETUNE_EPOCHS = 50
+
+
+def parse_epochs(raw: str | None) -> int:
+    """``finetune_epochs``: epochs of fine-tuning on the dataset (0, the default: none)."""
+    if raw is None or raw.strip() == "":
+        return 0
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= MAX_FINETUNE_EPOCHS:
+        raise ParameterError(f"finetune_epochs={raw[:20]!r} must be a whole number from 0 to "
+                             f"{MAX_FINETUNE_EPOCHS}; fine-tuning also stops before the "
+                             "job's time limit.")
+    return value
+
+
+def check_percent_or_target(values: dict[str, Any], files: set[str]) -> None:
+    """Exactly one of ``percent`` (the guide's), ``target`` and a ``plan`` file says how
+    much to prune; fine-tuning needs a dataset."""
+    given = [name for name, present in (("percent", values.get("percent") is not None),
+                                        ("target", values.get("target") is not None),
+                                        ("plan", "plan" in files)) if present]
+    if not given:
+        raise ParameterError(f"percent is required (or target, or a plan file instead); "
+                             f"{PERCENT_ALLOWED}.")
+    if len(given) > 1:
+        raise ParameterError(f"Send one of percent, target or plan, not {' and '.join(given)}: "
+                             "percent removes that fraction of every group's channels; target "
+                             "searches the fraction that keeps that much of the parameters or "
+                             "MACs; a plan gives each group its own fraction.")
+    if values.get("finetune_epochs") and "dataset" not in files:
+        raise ParameterError("finetune_epochs needs a dataset to fine-tune on.")
+
+
+def check_analysis(values: dict[str, Any], files: set[str]) -> None:
+    """An analysis measures on the user's data: the dataset is required."""
+    if "dataset" not in files:
+        raise ParameterError("An analysis needs the form file dataset: it measures each "
+                             "group's pruning on your data.")
+
+
+PLAN_FILE_HELP = ("Optional per-group plan instead of percent: JSON {group or layer name: "
+                  "fraction to remove}, e.g. the plan an analysis (tf_analyze, pt_analyze) "
+                  "recommends; groups not named are kept whole")
 
 
 # -- what every engine takes ------------------------------------------------------
@@ -276,4 +328,13 @@ MEASURE = Param(
 BATCH_SIZE = Param(
     "batch_size", "A batch size to time the models at, besides 1", parse_batch_size,
     schema={"type": "integer", "minimum": 1, "maximum": 256}, example="8")
-COMMON_PARAMS = (PERCENT, OMMITTED, ROUND_TO, TARGET, MEASURE, BATCH_SIZE)
+RECOVER = Param(
+    "recover", "With a dataset: refit the layers that lost inputs by least squares and "
+    "re-estimate BatchNorm statistics on your data, no training (false turns it off)",
+    parse_switch("recover", True), default=True, schema={"type": "boolean"}, example="true")
+FINETUNE_EPOCHS = Param(
+    "finetune_epochs", "With a dataset: epochs of fine-tuning (Adam, CPU) after recovery, "
+    "each measured on held-out data", parse_epochs, default=0,
+    schema={"type": "integer", "minimum": 0, "maximum": MAX_FINETUNE_EPOCHS}, example="3")
+COMMON_PARAMS = (PERCENT, OMMITTED, ROUND_TO, TARGET, MEASURE, BATCH_SIZE, RECOVER,
+                 FINETUNE_EPOCHS)

@@ -384,7 +384,10 @@ class Sandbox:
                 shutil.copyfile(source, target)
             os.chmod(target, 0o444)  # readable by the sandbox user, never writable
             inputs[role] = f"{seen_as}/inputs/{target.name}"
-        return replace(job, inputs=inputs, output_dir=f"{seen_as}/out")
+        # The job may plan its optional steps (fine-tuning) against its time limit.
+        deadline = time.time() + max(0.0, self.limits.timeout - 30)
+        return replace(job, inputs=inputs, output_dir=f"{seen_as}/out",
+                       options={**job.options, "deadline": deadline})
 
     def _supervise(self, child: _Child, job: PruneJob, staging: Path,
                    cancel: threading.Event | None) -> PruneResult:

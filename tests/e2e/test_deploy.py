@@ -97,4 +97,5 @@ def test_percent_and_target_together_are_refused(live_server, tmp_path):
         response = requests.post(f"{server.url}/api/tf_prune?percent=0.4&target=macs:0.5",
                                  headers=headers, files={"model": ("m.h5", handle)}, timeout=60)
     assert response.status_code == 400
-    assert response.json()["message"].startswith("Send percent or target, not both")
+    assert response.json()["message"].startswith("Send one of percent, target or plan, not "
+                                                  "percent and target")

@@ -12,10 +12,12 @@ from typing import Any
 import numpy as np
 
 from edgeai.pruning.base import PruneJob, PruningError
+from edgeai.pruning.metric import Data
 from edgeai.pruning.pipeline import Analysis, Engine, Loaded, Plan
 from edgeai.pruning.report import JobReport
 from edgeai.pruning.spec import (
     COMMON_PARAMS,
+    PLAN_FILE_HELP,
     EngineSpec,
     FileRole,
     check_percent_or_target,
@@ -30,8 +32,14 @@ SPEC = EngineSpec(
     params=(*COMMON_PARAMS, formats_param(EXPORT_FORMATS)),
     files=(FileRole("model", (".h5", ".hdf5", ".keras", ".zip"),
                     "The Keras model: .h5, .keras, or .zip of a SavedModel directory or of a "
-                    ".keras file"),),
+                    ".keras file"),
+           FileRole("dataset", (".npz",),
+                    "Optional data to measure the model on, recover and fine-tune with: an "
+                    ".npz with arrays x (samples) and y (labels: class indices, one-hot, or "
+                    "float targets), saved with numpy.savez", required=False),
+           FileRole("plan", (".json",), PLAN_FILE_HELP, required=False)),
     check=check_percent_or_target,
+    analyze_endpoint="tf_analyze",
     downloads=("model", *EXPORT_FORMATS),
     download_help="model (the format uploaded), or a deploy format the job was asked for "
                   "with formats=: tflite (float32), tflite-int8 (int8 weights), onnx")
@@ -47,6 +55,9 @@ class KerasPruner(Engine):
     separator = "/"
     channel_axis = -1
     export_formats = EXPORT_FORMATS
+
+    def __init__(self) -> None:
+        self._compiled: set[int] = set()
 
     def warm_up(self) -> None:
         """Import TensorFlow and Keras before a job arrives (the slow part of a job)."""
@@ -78,11 +89,10 @@ class KerasPruner(Engine):
             pass
 
     def untrusted_code(self, job: PruneJob) -> str | None:
-        """A .zip may hold a SavedModel, whose graph is a program; .h5/.keras hold none."""
+        """A .zip may hold a SavedModel, whose graph is a program; .h5/.keras hold none,
+        nor does the .npz dataset (read with pickles off)."""
         if job.input_names.get("model", "").lower().endswith(".zip"):
             return "a zipped model (it may hold a SavedModel graph, which is code)"
-        if "dataset" in job.inputs:
-            return "a dataset"
         return None
 
     # -- load, analyse, rewrite ---------------------------------------------
@@ -102,6 +112,38 @@ class KerasPruner(Engine):
         from edgeai.pruning.keras_engine.graph import is_producer, iterate_paths
 
         return [path for path, layer in iterate_paths(loaded.model) if is_producer(layer)]
+
+    def load_data(self, job: PruneJob, loaded: Loaded, report: JobReport) -> Data | None:
+        """The optional .npz dataset (x and y, pickles off), checked against the model."""
+        if "dataset" not in job.inputs:
+            return None
+        from edgeai.pruning.keras_engine.dataset import load_npz
+
+        return load_npz(job.inputs["dataset"], loaded.model)
+
+    def copy(self, model: Any) -> Any:
+        import keras
+
+        clone = keras.models.clone_model(model)
+        clone.set_weights(model.get_weights())
+        return clone
+
+    def refit(self, pruned: Any, loaded: Loaded, analysis: Analysis, plan: Plan, fit: Data,
+              check: Data) -> dict[str, list[str]]:
+        from edgeai.pruning.keras_engine import recovery
+
+        return recovery.refit_layers(pruned, loaded.model,
+                                     self._removal(loaded, analysis, plan), fit, check)
+
+    def reestimate(self, model: Any, data: Data) -> int:
+        from edgeai.pruning.keras_engine import recovery
+
+        return recovery.reestimate_batchnorm(model, data)
+
+    def train_epoch(self, model: Any, data: Data, kind: str | None, epoch: int) -> None:
+        from edgeai.pruning.keras_engine import recovery
+
+        recovery.train_epoch(model, data, kind or "", epoch, self._compiled)
 
     def analyse(self, loaded: Loaded) -> Analysis:
         from edgeai.pruning.keras_engine.analysis import analyse

@@ -13,10 +13,12 @@ from typing import Any
 import numpy as np
 
 from edgeai.pruning.base import PruneJob, PruningError
+from edgeai.pruning.metric import Data
 from edgeai.pruning.pipeline import Analysis, Engine, Loaded, Plan
 from edgeai.pruning.report import JobReport
 from edgeai.pruning.spec import (
     COMMON_PARAMS,
+    PLAN_FILE_HELP,
     EngineSpec,
     FileRole,
     Param,
@@ -26,7 +28,7 @@ from edgeai.pruning.spec import (
     parse_input_size,
 )
 
-MAX_EVAL_SAMPLES = 256
+MAX_EVAL_SAMPLES = 2048
 
 SPEC = EngineSpec(
     name="pytorch", endpoint="pt_prune",
@@ -43,8 +45,10 @@ SPEC = EngineSpec(
            FileRole("dataset", (".pth", ".pt", ".npz"),
                     "Optional sample data: torch.save(DataLoader of a TensorDataset), a "
                     "tensor, an (x, y) tuple, or .npz; used to report accuracy",
-                    required=False)),
+                    required=False),
+           FileRole("plan", (".json",), PLAN_FILE_HELP, required=False)),
     check=check_percent_or_target,
+    analyze_endpoint="pt_analyze",
     downloads=("model", "state_dict", "pt2", "onnx"),
     download_help="model (default: torch.save((model, info))), state_dict (weights and the "
                   "new layer sizes, loads with weights_only=True), pt2 (a torch.export "
@@ -63,6 +67,9 @@ class TorchModel:
 
 class TorchPruner(Engine):
     """L1-norm filter pruning of an ``nn.Module`` built from the user's class file."""
+
+    def __init__(self) -> None:
+        self._optimizers: dict[int, Any] = {}
 
     spec = SPEC
     separator = "."
@@ -129,8 +136,9 @@ class TorchPruner(Engine):
         return [name for name, module in loaded.model.named_modules()
                 if isinstance(module, PRODUCERS)]
 
-    def load_data(self, job: PruneJob, loaded: Loaded, report: JobReport) -> Any:
-        """The optional dataset, as (samples, labels or None); None without one."""
+    def load_data(self, job: PruneJob, loaded: Loaded, report: JobReport) -> Data | None:
+        """The optional dataset, as NumPy samples and labels (at most 2048); None without
+        one or without labels (a warning says so)."""
         if "dataset" not in job.inputs:
             return None
         from edgeai.pruning.torch_engine.dataset import load_dataset
@@ -138,25 +146,14 @@ class TorchPruner(Engine):
         samples, labels = load_dataset(job.inputs["dataset"],
                                        job.input_names.get("dataset", "dataset.pth"))
         samples = samples[:MAX_EVAL_SAMPLES].float()
-        labels = labels[:MAX_EVAL_SAMPLES] if labels is not None else None
-        if labels is not None and labels.dim() == 2 and labels.shape[1] > 1:
-            labels = labels.argmax(dim=1)  # one-hot labels
-        if labels is not None and labels.shape != (len(samples),):
-            report.warnings.append(f"dataset labels have shape {list(labels.shape)}, not one "
-                                   "class per sample; accuracy not measured")
-            labels = None
-        elif labels is None:
-            report.warnings.append("the dataset has samples but no labels; accuracy not "
-                                   "measured (send (x, y) pairs to get it)")
         if list(samples.shape[1:]) != loaded.extra.input_size:
             raise PruningError(f"dataset samples have shape {list(samples.shape[1:])}, but "
                                f"input_size is {loaded.extra.input_size}.")
-        return samples, labels
-
-    def evaluate(self, model: Any, data: Any) -> float | None:
-        from edgeai.pruning.torch_engine.report import evaluate
-
-        return evaluate(model, *data)
+        if labels is None:
+            report.warnings.append("the dataset has samples but no labels; accuracy not "
+                                   "measured (send (x, y) pairs to get it)")
+            return None
+        return Data(samples.numpy(), labels[:MAX_EVAL_SAMPLES].numpy())
 
     # -- analyse, rewrite, mask ------------------------------------------------
     def analyse(self, loaded: Loaded) -> Analysis:
@@ -207,7 +204,30 @@ class TorchPruner(Engine):
         except NotImplementedError:  # a torch.export program runs as exported
             pass
         with torch.no_grad():
-            return [tensor.detach().numpy() for tensor in _tensors(model(batch))]
+            return [tensor.detach().numpy() for tensor in _tensors(model(torch.as_tensor(batch)))]
+
+    # -- accuracy ----------------------------------------------------------------
+    def copy(self, model: Any) -> Any:
+        import copy
+
+        return copy.deepcopy(model)
+
+    def refit(self, pruned: Any, loaded: Loaded, analysis: Analysis, plan: Plan, fit: Data,
+              check: Data) -> dict[str, list[str]]:
+        from edgeai.pruning.torch_engine import recovery
+
+        kept = recovery.kept_channels(loaded.model, loaded.extra.example, plan)
+        return recovery.refit_layers(pruned, loaded.model, kept, fit, check)
+
+    def reestimate(self, model: Any, data: Data) -> int:
+        from edgeai.pruning.torch_engine import recovery
+
+        return recovery.reestimate_batchnorm(model, data)
+
+    def train_epoch(self, model: Any, data: Data, kind: str | None, epoch: int) -> None:
+        from edgeai.pruning.torch_engine import recovery
+
+        recovery.train_epoch(model, data, kind or "", epoch, self._optimizers)
 
     def layer_outputs(self, model: Any, batch: Any, names: list[str]) -> dict[str, np.ndarray]:
         from edgeai.pruning.torch_engine import pruner
