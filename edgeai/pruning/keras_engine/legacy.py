@@ -12,7 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-WIDTH_KEYS = ("filters", "units", "groups", "target_shape")
+WIDTH_KEYS = ("filters", "units", "groups", "target_shape", "num_heads", "output_shape")
+# Wrappers whose inner layers carry widths of their own (named in the config).
+WRAPPED = ("layer", "forward_layer", "backward_layer")
 
 
 def written_by_keras2(h5_path: Path) -> bool:
@@ -46,15 +48,17 @@ def save_as_keras2(original_h5: Path, pruned, out_path: Path) -> None:
     and save it to ``out_path`` as a Keras 2 ``.h5``. Raises on any mismatch."""
     import tf_keras
 
-    from edgeai.pruning.keras_engine.rewrite import iterate_layers
+    from edgeai.pruning.keras_engine.graph import iterate_layers
 
     original = tf_keras.models.load_model(original_h5, compile=True)
     widths = {}
     new_layers = {}
     for layer in iterate_layers(pruned):
         new_layers[layer.name] = layer
-        config = layer.get_config()
-        widths[layer.name] = {k: config[k] for k in WIDTH_KEYS if k in config}
+        for part in [layer, *(getattr(layer, name) for name in WRAPPED
+                              if getattr(layer, name, None) is not None)]:
+            config = part.get_config()
+            widths[part.name] = {k: config[k] for k in WIDTH_KEYS if k in config}
     config = original.get_config()
     _walk(config, widths)
     rebuilt = original.__class__.from_config(config)

@@ -20,9 +20,12 @@ def save_artifacts(model: nn.Module, example: torch.Tensor, out_dir: str, stem: 
     main = stem + ".pt"
     torch.save((model, report.to_dict()), os.path.join(out_dir, main))
     state_name = stem + ".state_dict.pt"
-    sizes = {name: {"in": getattr(m, "in_channels", getattr(m, "in_features", None)),
-                    "out": getattr(m, "out_channels", getattr(m, "out_features", None))}
-             for name, m in model.named_modules() if isinstance(m, PRODUCERS)}
+    sizes: dict[str, dict[str, int | None]] = {
+        name: {"in": getattr(m, "in_channels", getattr(m, "in_features", None)),
+               "out": getattr(m, "out_channels", getattr(m, "out_features", None))}
+        for name, m in model.named_modules() if isinstance(m, PRODUCERS)}
+    sizes.update({name: {"input_size": m.input_size, "hidden_size": m.hidden_size}
+                  for name, m in model.named_modules() if isinstance(m, nn.RNNBase)})
     torch.save({"state_dict": model.state_dict(), "layer_sizes": sizes},
                os.path.join(out_dir, state_name))
     pt2_name, why = export_program(model, example, out_dir, stem)

@@ -63,3 +63,34 @@ def test_keras2_savedmodel_zip_comes_back_as_savedmodel_zip(prune_file, tmp_path
         top = {name.split("/")[0] for name in handle.namelist()}
     assert len(top) == 1
     assert run(CHECK, unpacked / top.pop()).strip() == "[10, 19] True"
+
+
+TIME_DISTRIBUTED = textwrap.dedent("""
+    import os, sys
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    import tf_keras as k
+    inputs = k.Input((5, 12))
+    x = k.layers.TimeDistributed(k.layers.Dense(16, activation="relu"), name="td")(inputs)
+    x = k.layers.TimeDistributed(k.layers.Dense(8), name="td2")(x)
+    model = k.Model(inputs, k.layers.Dense(3)(k.layers.Flatten()(x)))
+    model.save(sys.argv[1], save_format="h5")
+""")
+
+
+def test_keras2_time_distributed_h5_comes_back_as_keras2_h5(prune_file, tmp_path):
+    """A TimeDistributed(Dense) of a tf_keras .h5 is pruned (its wrapped layer's width
+    is carried into the Keras 2 rebuild) and tf_keras loads the result."""
+    path = tmp_path / "td.h5"
+    run(TIME_DISTRIBUTED, path)
+    result, _ = prune_file(path, 0.5)
+    widths = {row["name"]: row["channels_after"] for row in result.report["layers"]}
+    assert widths["td"] == 8 and widths["td2"] == 4
+    out = tmp_path / "work" / "out" / result.artifact
+    shape = run(textwrap.dedent("""
+        import os, sys
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+        import numpy as np, tf_keras as k
+        m = k.models.load_model(sys.argv[1])
+        print(m.get_layer("td").layer.units, m.predict(np.zeros((2, 5, 12)), verbose=0).shape)
+    """), out)
+    assert shape.split() == ["8", "(2,", "3)"]

@@ -207,18 +207,19 @@ import torch.nn as nn
 class Net(nn.Module):
     def __init__(self):
         super().__init__()
-        self.gru = nn.GRU(6, 8, batch_first=True)
-        self.fc = nn.Linear(8, 2)
+        # GRU and LSTM units prune now; an LSTM with a projection is still kept whole.
+        self.lstm = nn.LSTM(6, 8, proj_size=4, batch_first=True)
+        self.fc = nn.Linear(4, 2)
 
     def forward(self, x):
-        out, _ = self.gru(x)
+        out, _ = self.lstm(x)
         return self.fc(out[:, -1])
 """
 
 
 @pytest.mark.parametrize("source, percent, input_size, needle", [
     (TINY, 0.01, (1, 8, 8), "conv: percent=0.01 removes none of its 8 channels"),
-    (RECURRENT_ONLY, 0.5, (5, 6), "gru: GRU is left whole"),
+    (RECURRENT_ONLY, 0.5, (5, 6), "lstm: LSTM is left whole"),
 ])
 def test_nothing_prunable_says_why(user_files, prune_torch, source, percent, input_size, needle):
     paths, _ = user_files(source)
