@@ -39,16 +39,23 @@ def _signature(model: Any) -> list[Any]:
 
 
 def to_onnx(model: Any) -> bytes:
-    """The model as an ONNX file (tf2onnx from a traced ``tf.function``)."""
+    """The model as an ONNX file: the traced ``tf.function`` frozen (variables and
+    captured constants, like a Normalization layer's mean, become constants; left as
+    captures, tf2onnx would make them extra graph inputs), then tf2onnx."""
     import tensorflow as tf
     import tf2onnx
+    from tensorflow.python.framework.convert_to_constants import (
+        convert_variables_to_constants_v2,
+    )
 
     def forward(*inputs: Any) -> Any:
         return model(list(inputs) if len(inputs) > 1 else inputs[0], training=False)
 
-    proto, _ = tf2onnx.convert.from_function(tf.function(forward),
-                                             input_signature=_signature(model),
-                                             opset=ONNX_OPSET)
+    concrete = tf.function(forward).get_concrete_function(*_signature(model))
+    frozen = convert_variables_to_constants_v2(concrete)
+    proto, _ = tf2onnx.convert.from_graph_def(
+        frozen.graph.as_graph_def(), input_names=[t.name for t in frozen.inputs],
+        output_names=[t.name for t in frozen.outputs], opset=ONNX_OPSET)
     return proto.SerializeToString()
 
 
