@@ -220,7 +220,9 @@ def release(database: Database, leases: list[str]) -> None:
 def register_worker(database: Database, worker: str, role: str, concurrency: int) -> None:
     """Record a claiming process in ``workers`` (see :class:`edgeai.db.Worker`)."""
     host, pid, _ = worker.split(":", 2)
-    with database.session() as session:
+    # A write transaction from its BEGIN: on SQLite, a read that later wants to write
+    # fails at once ("database is locked") when another process wrote meanwhile.
+    with database.immediate() as session:
         session.merge(Worker(worker_id=worker, host=host, pid=int(pid), role=role,
                              concurrency=concurrency, started_at=db_now(),
                              heartbeat_at=db_now()))
@@ -228,7 +230,7 @@ def register_worker(database: Database, worker: str, role: str, concurrency: int
 
 def touch_worker(database: Database, worker: str) -> bool:
     """Renew a worker's own heartbeat; False if it is not registered (any more)."""
-    with database.session() as session:
+    with database.immediate() as session:
         result = cast(CursorResult, session.execute(
             update(Worker).where(Worker.worker_id == worker).values(heartbeat_at=db_now())))
         return result.rowcount == 1
@@ -236,7 +238,7 @@ def touch_worker(database: Database, worker: str) -> bool:
 
 def deregister_worker(database: Database, worker: str) -> None:
     """Remove a worker that stops."""
-    with database.session() as session:
+    with database.immediate() as session:
         session.execute(delete(Worker).where(Worker.worker_id == worker))
 
 

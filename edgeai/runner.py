@@ -127,14 +127,17 @@ class JobRunner:
         """Stop claiming, kill running children, hand their rows back to the queue."""
         self._stop.set()
         self._wake.set()
+        # The dispatcher first: a claim it is making now must be held (and so handed
+        # back below) or handed back by the dispatcher itself, never left running.
+        deadline = time.monotonic() + timeout / 2  # gunicorn's graceful timeout is short
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
         with self._held_lock:
             held = list(self._held.values())
         for lease in held:
             lease.cancel.set()
         self.sandbox.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
-        for thread in self._threads:
-            thread.join(timeout)
         release(self.database, [lease.token for lease in held])
         try:
             deregister_worker(self.database, self.claimer)
@@ -158,9 +161,8 @@ class JobRunner:
                     if row is None:
                         break
                     lease = _Lease(row.txid, str(row.lease_token))
-                    with self._held_lock:
-                        self._held[lease.token] = lease
-                    self._executor.submit(self._run, row, lease)
+                    if not self._start_job(row, lease):
+                        break
                 if time.monotonic() >= next_maintenance:
                     next_maintenance = time.monotonic() + maintenance_every
                     recover_stale_jobs(self.database, self.settings.stale_seconds,
@@ -170,6 +172,22 @@ class JobRunner:
                 log.exception("job dispatcher")
             self._wake.wait(self.settings.poll_seconds)
             self._wake.clear()
+
+    def _start_job(self, row: Transaction, lease: _Lease) -> bool:
+        """Run a claimed row on the pool; if this process is stopping (the claim raced
+        the stop), hand the row straight back instead. Returns whether it started."""
+        with self._held_lock:
+            self._held[lease.token] = lease
+        try:
+            if self._stop.is_set() or self._draining.is_set():
+                raise RuntimeError("stopping")
+            self._executor.submit(self._run, row, lease)
+            return True
+        except RuntimeError:  # stopping, or the pool was shut down
+            with self._held_lock:
+                self._held.pop(lease.token, None)
+            release(self.database, [lease.token])
+            return False
 
     def _heartbeat_loop(self) -> None:
         while not self._stop.wait(self.settings.heartbeat_seconds):
