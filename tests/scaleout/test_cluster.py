@@ -2,8 +2,9 @@
 processes (each with its own data dir, as on separate hosts) on PostgreSQL and SeaweedFS.
 
 The guide's walk-throughs pass unchanged against it; 20 jobs spread over both workers
-survive the API being killed and restarted and a worker being killed mid-job, with
-every job finished exactly once; a worker stopped with SIGTERM finishes its job first.
+survive the API being killed and restarted and a worker being killed mid-job (a new
+worker joins once its job is taken over), with every job finished exactly once; a
+worker stopped with SIGTERM finishes its job first.
 """
 from __future__ import annotations
 
@@ -94,6 +95,10 @@ def test_twenty_jobs_survive_an_api_restart_and_a_killed_worker(cluster, databas
                         "worker-0 running a job")[0]
     cluster.stop_worker("worker-0", signal.SIGKILL)
     assert rows(database, [victim])[victim][0] == "running"  # killed mid-job, not after it
+    # Its lease expires and worker-1 takes the job over; then a new host joins.
+    wait_until(lambda: rows(database, [victim])[victim][1] == ids["worker-1"], 60,
+               "worker-1 to re-claim the killed worker's job")
+    cluster.start_worker("worker-2")
 
     finals = {txid: cluster.wait(txid, headers, timeout=300) for txid in txids}
     assert [body["status"] for body in finals.values()] == ["0"] * 20, finals
