@@ -129,6 +129,11 @@ def test_pytorch_other_download_formats(live_server, tmp_path):
     program_path = download(server, txid, headers, tmp_path, format="pt2")
     program = torch.export.load(program_path)  # no class file needed
     assert program.module()(torch.randn(1, 1, 28, 28)).shape == (1, 10)
-    bad = requests.get(f"{server.url}/api/download", params={"txid": txid, "format": "onnx"},
+    bad = requests.get(f"{server.url}/api/download", params={"txid": txid, "format": "tflite"},
                        headers=headers, timeout=30)
-    assert bad.status_code == 400 and "state_dict, pt2" in bad.json()["message"]
+    assert bad.status_code == 400 and "state_dict, pt2, onnx" in bad.json()["message"]
+    not_made = requests.get(f"{server.url}/api/download", params={"txid": txid,
+                                                                   "format": "onnx"},
+                            headers=headers, timeout=30)
+    assert not_made.status_code == 409
+    assert not_made.json()["message"].endswith("submit the model again with formats=onnx")

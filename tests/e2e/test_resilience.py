@@ -46,7 +46,7 @@ def test_twenty_five_submissions_from_five_clients_all_finish(live_server, tmp_p
         statuses.append(server.wait(txid, headers, timeout=max(1, deadline - time.monotonic())))
     failed = [s for s in statuses if s["status"] != "0"]
     assert not failed, failed
-    assert len({s["filename"] for s in statuses}) == 50
+    assert len({s["filename"] for s in statuses}) == 25
 
 
 def test_sigkill_mid_run_loses_nothing(live_server, tmp_path):

@@ -52,7 +52,7 @@ def pt_submit(server, query, extra=None):
 @pytest.mark.parametrize("call, query, unknown, suggestion", [
     ("tf", "?percent=0.4&omited=dense", "omited", "ommitted"),
     ("tf", "?percent=0.4&percnt=0.5", "percnt", "percent"),
-    ("tf", "?percent=0.4&finetune_epochs=3", "finetune_epochs", None),
+    ("tf", "?percent=0.4&epochs=3", "epochs", None),
     ("tf", "?percent=0.4&color=blue", "color", None),
     ("pt", "?percent=0.5&input_size=1,28,28&model_nme=Net", "model_nme", "model_name"),
     ("pt", "?percent=0.5&inputsize=1,28,28", "inputsize", "input_size"),
@@ -75,7 +75,7 @@ def test_unknown_form_fields_are_refused(server):
         response = tf_submit(server, "?percent=0.4", files={"modle": ("m.h5", handle)})
     assert response.status_code == 400
     assert response.json()["message"] == ("unknown form field 'modle'; did you mean 'model'? "
-                                          "This call accepts the form fields: model.")
+                                          "This call accepts the form fields: model, dataset, plan.")
     with open(server.files["dataset"], "rb") as handle:
         response = pt_submit(server, "?percent=0.5&input_size=1,28,28",
                              extra={"datasett": ("train_loader.pth", handle)})
@@ -135,7 +135,10 @@ def test_swagger_documents_every_parameter_with_type_range_and_default(server):
     spec = requests.get(f"{server.url}/api/swagger.json", timeout=30).json()
     params = {p["name"]: p for p in spec["paths"]["/tf_prune"]["post"]["parameters"]}
     assert params["percent"]["type"] == "number" and params["percent"]["minimum"] == 0
-    assert params["percent"]["maximum"] == 1 and params["percent"]["required"] is True
+    # target= can stand in for percent, so the spec cannot mark it required; it says so.
+    assert params["percent"]["maximum"] == 1 and not params["percent"].get("required", False)
+    assert "Required unless target is given" in params["percent"]["description"]
+    assert params["target"]["pattern"] and params["finetune_epochs"]["maximum"] == 50
     assert "omitted" in params and "unprunable" in params and "ommitted" in params
     pt = {p["name"]: p for p in spec["paths"]["/pt_prune"]["post"]["parameters"]}
     assert pt["model_name"]["default"] == "Net"
