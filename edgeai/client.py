@@ -1,0 +1,292 @@
+"""A Python client for an edgeai server: submit, follow, download, cancel.
+
+    from edgeai import Client
+    job = Client("http://127.0.0.1:5000", client_id, secret).prune("model.h5", percent=0.4)
+    job.wait(progress=True)          # raises JobFailed with the server's reason
+    job.download("out.h5")
+    job.report                       # params, MACs, sizes, per-layer channels
+
+One :class:`Client` method per call of the API; a :class:`Job` follows one
+transaction. Every error is a :class:`ClientError` carrying the server's own
+message: :class:`AuthError` (the key was refused), :class:`ServerUnreachable`
+(no answer at the URL) and :class:`JobFailed` (the job ended failed or expired).
+Only ``requests`` is imported here: no Flask, TensorFlow or torch.
+"""
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack
+from pathlib import Path
+from typing import IO, Any
+
+import requests
+
+CLIENT_ID_HEADER = "X-IBM-Client-Id"
+CLIENT_SECRET_HEADER = "X-IBM-Client-Secret"
+TERMINAL_STATES = ("done", "failed", "expired")
+# The guide's status codes, for servers whose status carries no ``state``.
+STATES_BY_STATUS = {"0": "done", "1": "queued", "2": "running", "-1": "failed"}
+# Files a PyTorch submission may carry; a Keras one carries ``model`` instead.
+TORCH_FILES = ("weights", "class_def")
+OPTIONAL_FILES = ("dataset", "plan")
+CHUNK_BYTES = 1 << 20
+
+ProgressCallback = Callable[[dict[str, Any]], None]
+
+
+class ClientError(Exception):
+    """The server refused a call or a job did not succeed; ``str()`` is the server's
+    message. ``status_code`` is the HTTP status (None when there was no answer) and
+    ``body`` the decoded JSON answer, if any."""
+
+    def __init__(self, message: str, status_code: int | None = None,
+                 body: Mapping[str, Any] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.status_code = status_code
+        self.body = dict(body or {})
+
+
+class AuthError(ClientError):
+    """The server refused the API key (HTTP 401 or 403)."""
+
+
+class ServerUnreachable(ClientError):
+    """Nothing answered at the server's URL (connection refused, DNS, timeout)."""
+
+
+class JobFailed(ClientError):
+    """The job ended ``failed`` (or ``expired``); ``str()`` is the server's reason and
+    ``body`` the last status."""
+
+
+def job_state(status: Mapping[str, Any]) -> str:
+    """The state named in a status body: queued, running, done, failed or expired."""
+    return str(status.get("state") or STATES_BY_STATUS.get(str(status.get("status")), "unknown"))
+
+
+def query_value(value: Any) -> str:
+    """A parameter as the server reads it: lists comma-joined, booleans true/false."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple, set)):
+        return ",".join(str(item) for item in value)
+    return str(value)
+
+
+def print_progress(status: dict[str, Any], stream: IO[str] | None = None,
+                   started: float | None = None) -> None:
+    """Write one plain progress line, e.g. ``[  3.1s] running  pruning  40%``."""
+    elapsed = time.monotonic() - started if started is not None else 0.0
+    stream = stream or sys.stderr
+    stream.write(progress_line(status, elapsed) + "\n")
+    stream.flush()
+
+
+def progress_line(status: Mapping[str, Any], elapsed: float) -> str:
+    """The plain line :func:`print_progress` writes for ``status`` after ``elapsed`` s."""
+    parts = [f"[{elapsed:5.1f}s]", f"{job_state(status):<8}"]
+    phase = status.get("phase")
+    if phase:
+        parts.append(f"{phase:<10}")
+    fraction = status.get("progress")
+    if isinstance(fraction, (int, float)):
+        parts.append(f"{round(100 * float(fraction)):3d}%")
+    return " ".join(parts).rstrip()
+
+
+class Client:
+    """One edgeai server and one API key.
+
+    ``client_id`` and ``secret`` default to ``EDGEAI_CLIENT_ID`` and
+    ``EDGEAI_CLIENT_SECRET``; a server with ``EDGEAI_AUTH=off`` needs neither.
+    ``timeout`` bounds each HTTP call (uploads and downloads stream).
+    """
+
+    def __init__(self, url: str, client_id: str | None = None, secret: str | None = None,
+                 *, timeout: float = 60.0):
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self.session = requests.Session()
+        client_id = client_id if client_id is not None else os.environ.get("EDGEAI_CLIENT_ID")
+        secret = secret if secret is not None else os.environ.get("EDGEAI_CLIENT_SECRET")
+        if client_id:
+            self.session.headers[CLIENT_ID_HEADER] = client_id
+        if secret:
+            self.session.headers[CLIENT_SECRET_HEADER] = secret
+        self.session.headers["Accept"] = "application/json"
+
+    def request(self, method: str, call: str, *, stream: bool = False,
+                **kwargs: Any) -> requests.Response:
+        """Make one API call (``call`` is e.g. ``"status"``); return the answer when it is
+        2xx. Raises AuthError, ServerUnreachable or ClientError with the server's message."""
+        try:
+            response = self.session.request(method, f"{self.url}/api/{call}", stream=stream,
+                                            timeout=self.timeout, **kwargs)
+        except (requests.ConnectionError, requests.Timeout) as error:
+            raise ServerUnreachable(f"No answer from the edgeai server at {self.url}: "
+                                    f"{type(error).__name__}.") from error
+        if response.ok:
+            return response
+        try:
+            body = response.json()
+        except ValueError:
+            body = {}
+        if not isinstance(body, dict):
+            body = {}
+        message = body.get("message") or f"HTTP {response.status_code}: {response.text[:300]}"
+        error_class = AuthError if response.status_code in (401, 403) else ClientError
+        raise error_class(str(message), response.status_code, body)
+
+    def prune(self, model: str | os.PathLike[str] | None = None, percent: float | None = None,
+              **params: Any) -> Job:
+        """Submit a model for pruning; return its :class:`Job`.
+
+        A Keras file (``.h5``, ``.keras``, ``.zip``) goes to ``tf_prune``; passing
+        ``weights=`` and ``class_def=`` instead submits a PyTorch model to ``pt_prune``
+        (see :meth:`prune_torch`). ``dataset=`` and ``plan=`` are files; every other
+        keyword is a query parameter passed through as the server reads it
+        (``ommitted=["fc1"]``, ``round_to=8``, ``target="macs:0.5"``,
+        ``formats="tflite"``, ``measure=False``...). Raises ClientError (400 says which
+        parameter is wrong and what is allowed), AuthError or ServerUnreachable.
+        """
+        if percent is not None:
+            params["percent"] = percent
+        files = {role: params.pop(role) for role in (*TORCH_FILES, *OPTIONAL_FILES)
+                 if params.get(role) is not None}
+        if any(role in files for role in TORCH_FILES):
+            if model is not None:
+                raise ValueError("Pass either a Keras model file or weights= and class_def= "
+                                 "for a PyTorch model, not both.")
+            return self._submit("pt_prune", files, params)
+        if model is None:
+            raise ValueError("Pass the Keras model file, or weights= and class_def= for a "
+                             "PyTorch model.")
+        return self._submit("tf_prune", {"model": model, **files}, params)
+
+    def prune_torch(self, weights: str | os.PathLike[str], class_def: str | os.PathLike[str],
+                    *, model_name: str = "Net", input_size: str | tuple[int, ...] = "1,28,28",
+                    percent: float | None = None, **params: Any) -> Job:
+        """Submit a PyTorch state_dict and its class file; see :meth:`prune`."""
+        return self.prune(percent=percent, weights=weights, class_def=class_def,
+                          model_name=model_name, input_size=input_size, **params)
+
+    def _submit(self, call: str, files: Mapping[str, Any], params: Mapping[str, Any]) -> Job:
+        query = {name: query_value(value) for name, value in params.items()
+                 if value is not None}
+        with ExitStack() as stack:
+            upload = {role: (Path(path).name, stack.enter_context(open(path, "rb")))
+                      for role, path in files.items()}
+            body = self.request("POST", call, params=query, files=upload).json()
+        return Job(self, str(body["txid"]))
+
+    def job(self, txid: str) -> Job:
+        """The :class:`Job` for a transaction submitted earlier (by this key)."""
+        return Job(self, txid)
+
+
+class Job:
+    """One transaction on the server, followed by its ``txid``."""
+
+    def __init__(self, client: Client, txid: str):
+        self.client = client
+        self.txid = txid
+        self.last_status: dict[str, Any] = {}
+
+    def __repr__(self) -> str:
+        return f"Job(txid={self.txid!r}, state={job_state(self.last_status)!r})"
+
+    def status(self) -> dict[str, Any]:
+        """The server's status body now (``status``, ``state``, ``message``, ``report``
+        when done, and ``phase``/``progress`` where the server reports them)."""
+        self.last_status = self.client.request("GET", "status",
+                                               params={"txid": self.txid}).json()
+        return self.last_status
+
+    @property
+    def state(self) -> str:
+        """queued, running, done, failed or expired (asks the server)."""
+        return job_state(self.status())
+
+    @property
+    def report(self) -> dict[str, Any] | None:
+        """The typed report of a finished job (None until it is done)."""
+        status = self.last_status if job_state(self.last_status) == "done" else self.status()
+        return status.get("report")
+
+    def updates(self, poll: float = 1.0, timeout: float | None = None
+                ) -> Iterator[dict[str, Any]]:
+        """Yield each status until the job ends (the last one yielded is terminal).
+
+        Raises TimeoutError after ``timeout`` seconds, or ClientError from a call.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            status = self.status()
+            yield status
+            if job_state(status) in TERMINAL_STATES:
+                return
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"job {self.txid} still {job_state(status)} after "
+                                   f"{timeout} s")
+            time.sleep(poll)
+
+    def wait(self, progress: bool | ProgressCallback = False, timeout: float | None = None,
+             poll: float = 1.0) -> dict[str, Any]:
+        """Poll until the job ends; return its final status.
+
+        ``progress=True`` prints a line to stderr when the state, phase or progress
+        changes; a callable gets every status instead. Raises JobFailed with the
+        server's reason if the job failed or expired, TimeoutError after ``timeout``.
+        """
+        started, shown = time.monotonic(), None
+        status: dict[str, Any] = {}
+        for status in self.updates(poll, timeout):
+            if callable(progress):
+                progress(status)
+            elif progress:
+                seen = (job_state(status), status.get("phase"), status.get("progress"))
+                if seen != shown:
+                    print_progress(status, started=started)
+                    shown = seen
+        if job_state(status) != "done":
+            raise JobFailed(str(status.get("message") or f"job {self.txid} "
+                                f"{job_state(status)}"), None, status)
+        return status
+
+    def download(self, path: str | os.PathLike[str] = ".", format: str | None = None
+                 ) -> Path:
+        """Stream the pruned model (or ``format``: tflite, onnx, state_dict, pt2...) to
+        ``path``; a folder gets the server's file name. Returns the file written.
+
+        Raises ClientError (409 while not done, 400 for a format the job lacks).
+        """
+        params = {"txid": self.txid, **({"format": format} if format else {})}
+        target = Path(path)
+        with self.client.request("GET", "download", params=params, stream=True) as response:
+            if target.is_dir():
+                target = target / self._served_name(response)
+            partial = target.with_name(f".{target.name}.part")
+            with open(partial, "wb") as handle:
+                for chunk in response.iter_content(CHUNK_BYTES):
+                    handle.write(chunk)
+            partial.replace(target)
+        return target
+
+    def _served_name(self, response: requests.Response) -> str:
+        """The bare file name the server's Content-Disposition gives (never a path)."""
+        found = re.search(r'filename="?([^";]+)"?', response.headers.get("Content-Disposition",
+                                                                          ""))
+        name = Path(found.group(1)).name if found else ""
+        return name if name and not name.startswith(".") else f"{self.txid}.model"
+
+    def cancel(self) -> dict[str, Any]:
+        """Ask the server to cancel the job (``POST /api/cancel``); return its answer.
+
+        Raises ClientError with the server's message (e.g. the job already ended).
+        """
+        return self.client.request("POST", "cancel", params={"txid": self.txid}).json()
