@@ -1,4 +1,9 @@
-"""The ``edgeai`` command: the two server roles, API keys and database maintenance.
+"""The ``edgeai`` command: pruning from a terminal, the two server roles, API keys and
+database maintenance.
+
+    edgeai prune MODEL -p 0.4 [-o OUT] [--server URL] ...
+                                prune a model on a server, or here without one
+                                (see edgeai prune --help and edgeai.prune_command)
 
     edgeai serve [--host H] [--port P] [--workers N] [--api-only]
                                 the API on gunicorn; jobs run in its processes unless
@@ -22,6 +27,7 @@ import sys
 from pathlib import Path
 
 from edgeai.config import ConfigError, Settings, load_settings
+from edgeai.prune_command import add_prune_parser, run_prune
 
 
 def _database(settings: Settings):
@@ -35,6 +41,7 @@ def _database(settings: Settings):
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgeai", description="edgeai administration")
     groups = parser.add_subparsers(dest="group", required=True)
+    add_prune_parser(groups)
     serve = groups.add_parser("serve", help="serve the API (and, unless --api-only, run jobs)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
     serve.add_argument("--port", type=int, default=5000)
@@ -100,6 +107,8 @@ def worker(settings: Settings, database, args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     args = _parser().parse_args(argv)
+    if args.group == "prune":  # a client: no database, no server settings
+        return run_prune(args)
     try:
         settings = load_settings()
         database = _database(settings)
