@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +100,15 @@ def _storage_url(env: Mapping[str, str]) -> str:
     return url
 
 
+def _public_url(env: Mapping[str, str]) -> str:
+    """``EDGEAI_PUBLIC_URL``: empty (links use the request's host) or ``http(s)://host[/path]``."""
+    url = env.get("EDGEAI_PUBLIC_URL", "").strip().rstrip("/")
+    if url and not url.startswith(("http://", "https://")):
+        raise ConfigError(f"EDGEAI_PUBLIC_URL={url!r}; use the address clients open, e.g. "
+                          "https://edgeai.example.com")
+    return url
+
+
 def is_postgresql(database_url: str) -> bool:
     """Whether ``database_url`` names a PostgreSQL database (as opposed to a SQLite file)."""
     return database_url.startswith("postgresql")
@@ -135,6 +144,9 @@ class Settings:
     s3_url_seconds: int = 300
     s3_public_endpoint: str = ""
     worker_grace_seconds: float = 60.0
+    public_url: str = ""
+    report_link_hours: float = 168.0
+    report_secret: str = field(default="", repr=False)
 
     @property
     def max_upload_bytes(self) -> int:
@@ -197,5 +209,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         s3_url_seconds=_int(env, "EDGEAI_S3_URL_SECONDS", 300, 1),
         s3_public_endpoint=env.get("EDGEAI_S3_PUBLIC_ENDPOINT", "").strip(),
         worker_grace_seconds=_float(env, "EDGEAI_WORKER_GRACE_SECONDS", 60.0, 0.0),
+        public_url=_public_url(env),
+        report_link_hours=_float(env, "EDGEAI_REPORT_LINK_HOURS", 168.0, 0.0001),
+        report_secret=env.get("EDGEAI_REPORT_SECRET", "").strip(),
     )
     return settings.resolved()

@@ -18,6 +18,7 @@ from edgeai.db import Transaction
 from edgeai.errors import BadRequest, Conflict, Gone, NotFound
 from edgeai.pruning import spec_for, specs
 from edgeai.pruning.report import JobReport
+from edgeai.report_page import report_url
 
 ns = Namespace("transactions", description="Follow a pruning transaction and download its result")
 
@@ -42,6 +43,10 @@ status_model = ns.model("Status", {
     "finished_at": fields.Float(description="Finished, Unix time"),
     "report": fields.Nested(report_model, allow_null=True, skip_none=True,
                             description="What pruning did (when done)"),
+    "report_url": fields.String(description="A web page of this transaction's report (charts, "
+                                "checks, downloads) that opens without API headers: the "
+                                "signed link opens only this transaction and expires after "
+                                "EDGEAI_REPORT_LINK_HOURS (default 168); a new one each call"),
 })
 error_model = ns.model("StatusError", {
     "status": fields.String(description="The transaction's status code, or -1"),
@@ -106,6 +111,7 @@ class Status(Resource):
             "status": row.status, "message": row.message, "txid": row.txid, "state": row.state,
             "framework": row.framework, "attempts": row.attempts, "created_at": row.created_at,
             "started_at": row.started_at, "finished_at": row.finished_at,
+            "report_url": report_url(row.txid, row.owner),
         }
         if row.state == "done":
             body["filename"] = row.filename

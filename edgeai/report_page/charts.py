@@ -1,0 +1,141 @@
+"""Chart geometry for the report page, computed here and drawn as inline SVG by the template.
+
+Only numbers are computed here; every text (layer and group names come from uploaded
+models) reaches the page through the template's autoescaping, never through a string
+built in Python.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+LABEL_CHARS = 34
+ROW = 18
+PALETTE = 8  # series colours in the stylesheet: .s0 .. .s7
+
+
+def short(name: str, limit: int = LABEL_CHARS) -> str:
+    """``name`` cut to ``limit`` characters, keeping its end (where layer names differ)."""
+    return name if len(name) <= limit else "…" + name[-(limit - 1):]
+
+
+@dataclass
+class Bar:
+    """One layer's row: channels before (full bar) and after (inner bar)."""
+
+    name: str
+    label: str
+    status: str
+    before: int
+    after: int | None
+    y: int
+    before_width: float
+    after_width: float
+
+
+@dataclass
+class LayerChart:
+    """A horizontal bar chart of output channels before and after, one row per layer."""
+
+    width: int
+    height: int
+    label_width: int
+    plot_width: int
+    bars: list[Bar] = field(default_factory=list)
+
+
+def layer_chart(layers: list[dict[str, Any]], width: int = 760) -> LayerChart | None:
+    """The per-layer chart of a report's ``layers``; None when there are none."""
+    rows = [layer for layer in layers if isinstance(layer.get("channels_before"), int)]
+    if not rows:
+        return None
+    label_width, number_width = 250, 90
+    plot = width - label_width - number_width
+    widest = max(max(layer["channels_before"] for layer in rows), 1)
+    chart = LayerChart(width=width, height=ROW * len(rows) + 8, label_width=label_width,
+                       plot_width=plot)
+    for index, layer in enumerate(rows):
+        before = layer["channels_before"]
+        after = layer.get("channels_after")
+        kept = before if after is None else after
+        chart.bars.append(Bar(
+            name=str(layer.get("name", "")), label=short(str(layer.get("name", ""))),
+            status=str(layer.get("status") or "unchanged"), before=before, after=after,
+            y=4 + index * ROW, before_width=round(plot * before / widest, 2),
+            after_width=round(plot * kept / widest, 2)))
+    return chart
+
+
+@dataclass
+class Series:
+    """One group's sensitivity curve: the metric when that group alone is pruned."""
+
+    name: str
+    label: str
+    colour: str
+    points: str
+    plan_point: tuple[float, float] | None
+
+
+@dataclass
+class SensitivityChart:
+    """A line chart: pruning ratio (x) against the metric (y), one line per group."""
+
+    width: int
+    height: int
+    left: int
+    top: int
+    plot_width: int
+    plot_height: int
+    metric: str
+    x_ticks: list[tuple[float, str]]
+    y_ticks: list[tuple[float, str]]
+    baseline_y: float | None
+    series: list[Series] = field(default_factory=list)
+
+
+def _ticks(low: float, high: float, count: int = 5) -> list[float]:
+    step = (high - low) / (count - 1)
+    return [low + step * index for index in range(count)]
+
+
+def sensitivity_chart(sensitivity: dict[str, Any], width: int = 760,
+                      height: int = 320) -> SensitivityChart | None:
+    """The chart of an analysis's ``sensitivity``; None when it has no curves."""
+    ratios = [float(r) for r in sensitivity.get("ratios") or []]
+    groups = [g for g in sensitivity.get("groups") or [] if g.get("metric")]
+    if not ratios or not groups:
+        return None
+    baseline = sensitivity.get("baseline")
+    values = [float(v) for g in groups for v in g["metric"]]
+    values += [float(baseline)] if isinstance(baseline, (int, float)) else []
+    low, high = min(values), max(values)
+    if high - low < 1e-9:
+        low, high = low - 0.5, high + 0.5
+    chart = SensitivityChart(width=width, height=height, left=60, top=12,
+                             plot_width=width - 80, plot_height=height - 50,
+                             metric=str(sensitivity.get("metric") or "metric"),
+                             x_ticks=[], y_ticks=[], baseline_y=None)
+
+    def x(ratio: float) -> float:
+        span = (ratios[-1] - ratios[0]) or 1.0
+        return round(chart.left + chart.plot_width * (ratio - ratios[0]) / span, 2)
+
+    def y(value: float) -> float:
+        return round(chart.top + chart.plot_height * (high - value) / (high - low), 2)
+
+    chart.x_ticks = [(x(r), f"{r:g}") for r in ratios]
+    chart.y_ticks = [(y(v), f"{v:.3g}") for v in _ticks(low, high)]
+    if isinstance(baseline, (int, float)):
+        chart.baseline_y = y(float(baseline))
+    plan = sensitivity.get("plan") or {}
+    for index, group in enumerate(groups):
+        name = str(group.get("group", ""))
+        pairs = list(zip(ratios, (float(v) for v in group["metric"]), strict=False))
+        chosen = plan.get(name)
+        at = next((p for p in pairs if chosen and abs(p[0] - float(chosen)) < 1e-6), None)
+        chart.series.append(Series(
+            name=name, label=short(name, 28), colour=f"s{index % PALETTE}",
+            points=" ".join(f"{x(r)},{y(v)}" for r, v in pairs),
+            plan_point=(x(at[0]), y(at[1])) if at else None))
+    return chart

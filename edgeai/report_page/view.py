@@ -1,0 +1,152 @@
+"""What the report page shows, read from a transaction row and its typed report.
+
+The report is :class:`edgeai.pruning.report.JobReport` as stored (``to_dict``); fields a
+job did not fill (no dataset, ``measure=false``, an older report) are left off the page
+rather than shown empty. Values are formatted here; the template only lays them out.
+"""
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgeai.db import Transaction
+from edgeai.report_page.charts import LayerChart, SensitivityChart, layer_chart, sensitivity_chart
+
+STAGES = (("before", "original"), ("after_prune", "pruned"),
+          ("after_recovery", "after recovery"), ("after_finetune", "after fine-tuning"))
+
+
+def count(value: Any) -> str:
+    """``1234567`` -> ``1.23 M``; ``None`` -> ``–``."""
+    if not isinstance(value, (int, float)):
+        return "–"
+    for size, unit in ((1e9, " G"), (1e6, " M"), (1e3, " k")):
+        if abs(value) >= size:
+            return f"{value / size:.3g}{unit}"
+    return f"{value:g}"
+
+
+def size(value: Any) -> str:
+    """Bytes as ``12.3 MB``."""
+    if not isinstance(value, (int, float)):
+        return "–"
+    for limit, unit in ((1 << 30, "GB"), (1 << 20, "MB"), (1 << 10, "KB")):
+        if value >= limit:
+            return f"{value / limit:.3g} {unit}"
+    return f"{value:g} B"
+
+
+def change(before: Any, after: Any) -> str:
+    """The relative change from ``before`` to ``after``: ``-38.2%``."""
+    if not isinstance(before, (int, float)) or not isinstance(after, (int, float)) or not before:
+        return ""
+    return f"{(after - before) / before * 100:+.1f}%"
+
+
+def figure(value: Any, pattern: str = "{:.4g}") -> str:
+    """A number in ``pattern``; ``None`` -> ``–``."""
+    return "–" if value is None else pattern.format(value)
+
+
+def when(epoch: float | None) -> str:
+    """A Unix time as ``2026-11-25 15:40:02 UTC``."""
+    if epoch is None:
+        return "–"
+    moment = datetime.datetime.fromtimestamp(epoch, datetime.UTC)
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+@dataclass
+class Card:
+    """One summary figure: before, after and the change."""
+
+    label: str
+    before: str
+    after: str
+    delta: str = ""
+    note: str = ""
+
+
+@dataclass
+class Download:
+    """One file the job made, with the formats it is downloaded as."""
+
+    formats: list[str]
+    filename: str
+
+
+@dataclass
+class Page:
+    """Everything the template renders."""
+
+    row: Transaction
+    report: dict[str, Any]
+    cards: list[Card] = field(default_factory=list)
+    checks: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    stages: list[tuple[str, str]] = field(default_factory=list)
+    downloads: list[Download] = field(default_factory=list)
+    layers: LayerChart | None = None
+    sensitivity: SensitivityChart | None = None
+
+
+def _evaluation_card(evaluation: dict[str, Any]) -> Card | None:
+    if evaluation.get("before") is None:
+        return None
+    last = next((evaluation[key] for key, _ in reversed(STAGES[1:])
+                 if evaluation.get(key) is not None), None)
+    return Card(label=str(evaluation.get("metric") or "metric"), before=figure(
+        evaluation["before"]), after=figure(last), delta=change(evaluation["before"], last),
+        note=f"on {evaluation.get('samples') or '?'} held-out samples")
+
+
+def _latency_card(speed: dict[str, Any]) -> Card | None:
+    rows = [row for row in speed.get("latencies") or [] if row.get("before_ms") is not None]
+    if not rows:
+        return None
+    row = rows[0]
+    return Card(label="latency", before=figure(row["before_ms"], "{:.3g} ms"), after=figure(
+        row.get("after_ms"), "{:.3g} ms"), delta=change(row["before_ms"], row.get("after_ms")),
+        note=f"{row.get('runtime', '')}, batch {row.get('batch', '?')}")
+
+
+def cards(report: dict[str, Any]) -> list[Card]:
+    """The summary cards: parameters, MACs, file size, latency and the metric."""
+    made = [Card(label, fmt(report.get(f"{key}_before")), fmt(report.get(f"{key}_after")),
+                 change(report.get(f"{key}_before"), report.get(f"{key}_after")))
+            for label, key, fmt in (("parameters", "params", count), ("MACs", "macs", count),
+                                    ("file size", "file_size", size))
+            if report.get(f"{key}_before") is not None]
+    extra = (_latency_card(report.get("speed") or {}),
+             _evaluation_card(report.get("evaluation") or {}))
+    return made + [card for card in extra if card is not None]
+
+
+def downloads(report: dict[str, Any], fallback: str | None) -> list[Download]:
+    """Each file the job made, once, with every format name that downloads it."""
+    artifacts = report.get("artifacts") or ({"model": fallback} if fallback else {})
+    files: dict[str, list[str]] = {}
+    for fmt, filename in artifacts.items():
+        if filename:
+            files.setdefault(filename, []).append(fmt)
+    return [Download(formats=formats, filename=name) for name, formats in files.items()]
+
+
+def build_page(row: Transaction) -> Page:
+    """The page for ``row``; a job that is not done gets its state and message only."""
+    report = (row.report or {}) if row.state == "done" else {}
+    page = Page(row=row, report=report)
+    if not report:
+        return page
+    page.cards = cards(report)
+    verification = report.get("verification") or {}
+    page.checks = [(label, verification[key]) for key, label in
+                   (("exactness", "exactness"), ("round_trip", "round trip"))
+                   if verification.get(key)]
+    evaluation = report.get("evaluation") or {}
+    page.stages = [(label, f"{evaluation[key]:.4g}") for key, label in STAGES
+                   if evaluation.get(key) is not None]
+    page.downloads = downloads(report, row.filename)
+    page.layers = layer_chart(report.get("layers") or [])
+    page.sensitivity = sensitivity_chart(report.get("sensitivity") or {})
+    return page

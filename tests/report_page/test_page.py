@@ -1,0 +1,197 @@
+"""The report page through Flask's test client: tokens open one transaction for one client,
+for a while; every failure is the same 404; hostile names stay text; downloads stream."""
+from __future__ import annotations
+
+import io
+import re
+import time
+
+import pytest
+from itsdangerous import URLSafeTimedSerializer
+
+from edgeai.auth import revoke_key
+from edgeai.queue import claim_next_job, finish_job
+from edgeai.report_page.links import SALT, SECRET_FILE
+
+H5 = b"\x89HDF\r\n\x1a\n" + b"\0" * 64
+HOSTILE = '<script>alert("x")</script><img src=x onerror=alert(1)>'
+
+
+def rich_report(filename: str) -> dict:
+    """A report as a finished analysis job stores it, with names an attacker chose."""
+    check = {"passed": True, "max_abs_diff": 1e-7, "max_rel_diff": 2e-8, "tolerance": 1e-4}
+    return {
+        "framework": "tensorflow", "percent": 0.4, "round_to": 1,
+        "layers": [
+            {"name": HOSTILE, "type": "Conv2D", "channels_before": 32, "channels_after": 19,
+             "status": "pruned"},
+            {"name": "conv2d_1", "type": "Conv2D", "channels_before": 64,
+             "channels_after": 38, "status": "pruned"},
+            {"name": "dense_1", "type": "Dense", "channels_before": 10, "channels_after": 10,
+             "status": "output", "reason": '"></text><script>alert(2)</script>'},
+        ],
+        "params_before": 1_000_000, "params_after": 400_000, "macs_before": 5_000_000,
+        "macs_after": 2_000_000, "file_size_before": 4_000_000, "file_size_after": 1_600_000,
+        "verification": {"exactness": check, "round_trip": check},
+        "evaluation": {"metric": "top1_accuracy", "samples": 50, "before": 0.91,
+                       "after_prune": 0.80, "after_recovery": 0.88},
+        "speed": {"threads": 1, "latencies": [{"runtime": "keras", "batch": 1,
+                                              "before_ms": 2.0, "after_ms": 1.2,
+                                              "ratio": 0.6}]},
+        "sensitivity": {"metric": "top1_accuracy", "baseline": 0.91,
+                        "ratios": [0.1, 0.5, 0.9], "plan": {HOSTILE: 0.5},
+                        "groups": [{"group": HOSTILE, "members": [HOSTILE],
+                                    "metric": [0.9, 0.85, 0.4], "cost": [0.9, 0.6, 0.3]},
+                                   {"group": "conv2d_1", "members": ["conv2d_1"],
+                                    "metric": [0.91, 0.9, 0.7], "cost": [0.9, 0.5, 0.2]}],
+                        "plan_result": {"cost": 0.6, "metric": 0.85},
+                        "uniform": {"percent": 0.3, "cost": 0.6, "metric": 0.8}},
+        "warnings": [HOSTILE],
+        "artifacts": {"model": filename, "plan": filename},
+    }
+
+
+def submit(client, headers) -> str:
+    response = client.post("/api/tf_prune?percent=0.4&ommitted=", headers=headers,
+                           data={"model": (io.BytesIO(H5), "mnist_base.h5")})
+    return response.get_json()["txid"]
+
+
+def finish(app, txid, filename="tmpabcdefgh.h5", payload=b"pruned-bytes"):
+    """Take the job through the real queue and publish a real artifact."""
+    database, storage = app.extensions["edgeai.db"], app.extensions["edgeai.storage"]
+    assert claim_next_job(database, "test-worker", max_running=5).txid == txid
+    produced = storage.work_dir(txid) / filename
+    produced.write_bytes(payload)
+    storage.publish(txid, produced, filename)
+    assert finish_job(database, txid, "test-worker", state="done", message="summary",
+                      filename=filename, report=rich_report(filename))
+
+
+def report_path(client, txid, headers) -> str:
+    url = client.get(f"/api/status?txid={txid}", headers=headers).get_json()["report_url"]
+    assert url.startswith("http://localhost/report/")
+    return url.removeprefix("http://localhost")
+
+
+@pytest.fixture
+def done(app, client, headers):
+    """A finished transaction of ``headers``'s client: (txid, its report page path)."""
+    txid = submit(client, headers)
+    finish(app, txid)
+    return txid, report_path(client, txid, headers)
+
+
+def test_done_page_shows_summary_charts_and_downloads(client, done):
+    txid, path = done
+    response = client.get(path)  # no API headers
+    assert response.status_code == 200
+    assert response.mimetype == "text/html"
+    page = response.get_data(as_text=True)
+    assert txid in page and 'id="summary"' in page
+    assert 'id="layer-chart"' in page and page.count('class="layer"') == 3
+    assert 'id="sensitivity-chart"' in page and page.count("<polyline") == 2
+    assert "400 k" in page and "-60.0%" in page  # parameters card
+    assert "top1_accuracy" in page and "0.88" in page
+    assert "http-equiv=\"refresh\"" not in page
+    link = re.search(r'href="(/report/[^"]+/download\?format=model)"', page).group(1)
+    file = client.get(link.replace("&amp;", "&"))
+    assert file.status_code == 200 and file.data == b"pruned-bytes"
+    assert "tmpabcdefgh.h5" in file.headers["Content-Disposition"]
+
+
+def test_hostile_names_are_text(client, done):
+    page = client.get(done[1]).get_data(as_text=True)
+    assert "<script>" not in page and "<img" not in page
+    assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in page
+    assert "</text><script>" not in page
+
+
+def test_strict_headers(client, done):
+    response = client.get(done[1])
+    policy = response.headers["Content-Security-Policy"]
+    assert policy.startswith("default-src 'none'; style-src 'nonce-")
+    nonce = re.search(r"'nonce-([^']+)'", policy).group(1)
+    assert f'<style nonce="{nonce}">' in response.get_data(as_text=True)
+    assert "http" not in policy and "unsafe" not in policy
+    assert response.headers["Referrer-Policy"] == "no-referrer"
+    assert "no-store" in response.headers["Cache-Control"]
+
+
+def test_queued_page_reloads_itself(client, headers):
+    txid = submit(client, headers)
+    page = client.get(report_path(client, txid, headers)).get_data(as_text=True)
+    assert 'http-equiv="refresh"' in page and "queued" in page
+    assert 'id="summary"' not in page
+
+
+def not_found(client, path):
+    response = client.get(path)
+    assert response.status_code == 404
+    body = response.get_data(as_text=True)
+    assert "Report not found" in body
+    return re.sub(r'nonce="[^"]+"', "", body)  # the only part that differs per response
+
+
+def test_tampered_and_garbage_tokens_404_alike(client, done):
+    path = done[1]
+    token = path.split("/")[2]
+    flipped = token[:-3] + ("A" if token[-3] != "A" else "B") + token[-2:]
+    bodies = {not_found(client, f"/report/{flipped}"), not_found(client, "/report/x"),
+              not_found(client, f"/report/{flipped}/download?format=model"),
+              not_found(client, f"/report/{token}.{token}")}
+    assert len(bodies) == 1
+
+
+def test_foreign_token_does_not_open_another_clients_page(app, client, headers, new_key,
+                                                          done):
+    """A's token names A's transaction; a token for B's transaction signed with A's id
+    (what a leaked secret could make) opens nothing, and neither does a foreign secret."""
+    other = new_key("other")
+    theirs = submit(client, other)
+    finish(app, theirs, filename="tmpzzzzzzzz.h5")
+    mine_id = headers["X-IBM-Client-Id"]
+    serializer = app.extensions["edgeai.report_links"].serializer
+    not_found(client, f"/report/{serializer.dumps([theirs, mine_id])}")
+    not_found(client, f"/report/{serializer.dumps([theirs, mine_id])}/download")
+    stranger = URLSafeTimedSerializer("another server's secret" * 2, salt=SALT)
+    not_found(client, f"/report/{stranger.dumps([done[0], mine_id])}")
+    assert client.get(report_path(client, theirs, other)).status_code == 200
+
+
+def test_revoked_key_closes_its_links(app, client, headers, done):
+    assert client.get(done[1]).status_code == 200
+    revoke_key(app.extensions["edgeai.db"], headers["X-IBM-Client-Id"])
+    not_found(client, done[1])
+
+
+def test_expired_token_404s(make_app, new_key):
+    app = make_app(report_link_hours=0.0003)  # about one second
+    client = app.test_client()
+    key = new_key()
+    txid = submit(client, key)
+    path = report_path(client, txid, key)
+    assert client.get(path).status_code == 200
+    time.sleep(2.2)
+    not_found(client, path)
+
+
+def test_secret_file_is_private_and_shared(app, data_dir, client, headers, make_app):
+    txid = submit(client, headers)
+    path = report_path(client, txid, headers)
+    secret = data_dir / SECRET_FILE
+    assert secret.stat().st_mode & 0o777 == 0o600
+    # Another process on the same data dir (a second gunicorn worker) opens the link.
+    assert make_app().test_client().get(path).status_code == 200
+
+
+def test_configured_secret_and_public_url(make_app, new_key, data_dir):
+    app = make_app(report_secret="s" * 40, public_url="https://edgeai.example.com")
+    client = app.test_client()
+    key = new_key()
+    txid = submit(client, key)
+    url = client.get(f"/api/status?txid={txid}", headers=key).get_json()["report_url"]
+    assert url.startswith("https://edgeai.example.com/report/")
+    assert not (data_dir / SECRET_FILE).exists()
+    signed = URLSafeTimedSerializer("s" * 40, salt=SALT).dumps([txid, key["X-IBM-Client-Id"]])
+    assert client.get(f"/report/{signed}").status_code == 200
