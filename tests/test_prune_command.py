@@ -1,0 +1,55 @@
+"""``edgeai prune`` with no server: the pipeline runs here, in the sandbox; and the
+command's refusals, which need no server at all."""
+from __future__ import annotations
+
+import pytest
+
+from tests.e2e.guide import build_mnist_base
+from tests.e2e.test_prune_cli import PROGRESS_LINE, edgeai_prune
+
+
+@pytest.fixture(scope="module")
+def keras_model(tmp_path_factory):
+    return build_mnist_base(tmp_path_factory.mktemp("keras") / "mnist_base.h5")
+
+
+def test_local_run_writes_a_smaller_model_that_loads(keras_model, tmp_path):
+    import keras
+
+    before = keras_model.stat()
+    run = edgeai_prune(keras_model, "-p", "0.4", "-o", tmp_path / "out.h5", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert PROGRESS_LINE.search(run.stdout)
+    assert f"wrote {tmp_path / 'out.h5'}" in run.stdout
+    pruned = keras.models.load_model(tmp_path / "out.h5")
+    assert pruned.count_params() < keras.models.load_model(keras_model).count_params()
+    assert [layer.filters for layer in pruned.layers if hasattr(layer, "filters")] == [19, 38, 19]
+    after = keras_model.stat()  # the sandbox made its copy read-only, not the user's file
+    assert (after.st_mode, after.st_nlink) == (before.st_mode, before.st_nlink)
+
+
+@pytest.mark.parametrize("args, says", [
+    ((), "give MODEL"),
+    (("missing.h5", "-p", "0.4"), "no such file: missing.h5"),
+    (("{model}",), "percent is required"),
+    (("{model}", "-p", "0.4", "--target", "macs:0.5"), "Send one of percent, target or plan"),
+    (("{model}", "-p", "0.4", "--format", "pt2"), "--format 'pt2'"),
+    (("{model}", "-p", "0.4", "--param", "measure"), "write NAME=VALUE"),
+    (("{model}", "-p", "0.4", "--param", "omited=dense"), "did you mean 'ommitted'"),
+    (("{model}", "--weights", "{model}", "-p", "0.4"), "either MODEL"),
+    (("--weights", "{model}", "-p", "0.4"), "--class-def is required"),
+    (("{model}", "--no-such-flag"), "unrecognized arguments"),
+])
+def test_usage_errors_exit_2_before_anything_runs(keras_model, tmp_path, args, says):
+    run = edgeai_prune(*(arg.format(model=keras_model) for arg in args), cwd=tmp_path)
+    assert run.returncode == 2, run.stderr
+    assert says in run.stderr
+    assert not list(tmp_path.glob("*.pruned*"))
+
+
+def test_the_help_documents_exit_codes_and_where_the_key_comes_from(tmp_path):
+    run = edgeai_prune("--help", cwd=tmp_path)
+    assert run.returncode == 0
+    for text in ("exit codes:", "3    the server is unreachable", "EDGEAI_CLIENT_SECRET",
+                 "config.json", "--weights", "--format", "--server"):
+        assert text in run.stdout
