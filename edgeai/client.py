@@ -78,13 +78,26 @@ def query_value(value: Any) -> str:
     return str(value)
 
 
-def print_progress(status: dict[str, Any], stream: IO[str] | None = None,
-                   started: float | None = None) -> None:
-    """Write one plain progress line, e.g. ``[  3.1s] running  pruning  40%``."""
-    elapsed = time.monotonic() - started if started is not None else 0.0
-    stream = stream or sys.stderr
-    stream.write(progress_line(status, elapsed) + "\n")
-    stream.flush()
+class PlainProgress:
+    """A progress callback that writes one plain line, e.g. ``[  3.1s] running  pruning
+    40%``, when the state, phase or progress changes (and every ``every`` seconds)."""
+
+    def __init__(self, stream: IO[str] | None = None, every: float = 10.0):
+        self.stream = stream
+        self.every = every
+        self.started = time.monotonic()
+        self.shown: tuple[Any, ...] | None = None
+        self.shown_at = 0.0
+
+    def __call__(self, status: dict[str, Any]) -> None:
+        now = time.monotonic()
+        seen = (job_state(status), status.get("phase"), status.get("progress"))
+        if seen == self.shown and now - self.shown_at < self.every:
+            return
+        self.shown, self.shown_at = seen, now
+        stream = self.stream or sys.stderr
+        stream.write(progress_line(status, now - self.started) + "\n")
+        stream.flush()
 
 
 def progress_line(status: Mapping[str, Any], elapsed: float) -> str:
@@ -97,6 +110,14 @@ def progress_line(status: Mapping[str, Any], elapsed: float) -> str:
     if isinstance(fraction, (int, float)):
         parts.append(f"{round(100 * float(fraction)):3d}%")
     return " ".join(parts).rstrip()
+
+
+def as_callback(progress: bool | ProgressCallback) -> ProgressCallback | None:
+    """What ``wait(progress=...)`` calls with each status: the callable given, plain
+    lines on stderr for True, nothing for False."""
+    if callable(progress):
+        return progress
+    return PlainProgress() if progress else None
 
 
 class Client:
@@ -243,16 +264,11 @@ class Job:
         changes; a callable gets every status instead. Raises JobFailed with the
         server's reason if the job failed or expired, TimeoutError after ``timeout``.
         """
-        started, shown = time.monotonic(), None
+        report = as_callback(progress)
         status: dict[str, Any] = {}
         for status in self.updates(poll, timeout):
-            if callable(progress):
-                progress(status)
-            elif progress:
-                seen = (job_state(status), status.get("phase"), status.get("progress"))
-                if seen != shown:
-                    print_progress(status, started=started)
-                    shown = seen
+            if report:
+                report(status)
         if job_state(status) != "done":
             raise JobFailed(str(status.get("message") or f"job {self.txid} "
                                 f"{job_state(status)}"), None, status)
