@@ -127,7 +127,8 @@ def test_installed_wheel_migrates_and_serves_from_outside_the_checkout(tmp_path)
     with zipfile.ZipFile(wheel) as zipped:
         names = set(zipped.namelist())
     assert {"edgeai/migrations/env.py", "edgeai/migrations/script.py.mako",
-            "edgeai/migrations/versions/0001_initial.py"} <= names
+            "edgeai/migrations/versions/0001_initial.py",
+            "edgeai/report_page/templates/report_page/report.html"} <= names
 
     venv = tmp_path / "venv"
     python = venv / "bin" / "python"

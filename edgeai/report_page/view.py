@@ -66,6 +66,15 @@ class Card:
     after: str
     delta: str = ""
     note: str = ""
+    tone: str = ""  # "better" or "worse": how the delta reads for this figure
+
+
+def tone(before: Any, after: Any, higher_is_better: bool = False) -> str:
+    """``better`` when ``after`` improves on ``before`` (smaller costs, by default)."""
+    if not isinstance(before, (int, float)) or not isinstance(after, (int, float)) \
+            or before == after:
+        return ""
+    return "better" if (after > before) == higher_is_better else "worse"
 
 
 @dataclass
@@ -97,6 +106,7 @@ def _evaluation_card(evaluation: dict[str, Any]) -> Card | None:
                  if evaluation.get(key) is not None), None)
     return Card(label=str(evaluation.get("metric") or "metric"), before=figure(
         evaluation["before"]), after=figure(last), delta=change(evaluation["before"], last),
+        tone=tone(evaluation["before"], last, evaluation.get("higher_is_better") is not False),
         note=f"on {evaluation.get('samples') or '?'} held-out samples")
 
 
@@ -107,13 +117,15 @@ def _latency_card(speed: dict[str, Any]) -> Card | None:
     row = rows[0]
     return Card(label="latency", before=figure(row["before_ms"], "{:.3g} ms"), after=figure(
         row.get("after_ms"), "{:.3g} ms"), delta=change(row["before_ms"], row.get("after_ms")),
+        tone=tone(row["before_ms"], row.get("after_ms")),
         note=f"{row.get('runtime', '')}, batch {row.get('batch', '?')}")
 
 
 def cards(report: dict[str, Any]) -> list[Card]:
     """The summary cards: parameters, MACs, file size, latency and the metric."""
     made = [Card(label, fmt(report.get(f"{key}_before")), fmt(report.get(f"{key}_after")),
-                 change(report.get(f"{key}_before"), report.get(f"{key}_after")))
+                 change(report.get(f"{key}_before"), report.get(f"{key}_after")),
+                 tone=tone(report.get(f"{key}_before"), report.get(f"{key}_after")))
             for label, key, fmt in (("parameters", "params", count), ("MACs", "macs", count),
                                     ("file size", "file_size", size))
             if report.get(f"{key}_before") is not None]

@@ -91,7 +91,8 @@ def test_done_page_shows_summary_charts_and_downloads(client, done):
     assert txid in page and 'id="summary"' in page
     assert 'id="layer-chart"' in page and page.count('class="layer"') == 3
     assert 'id="sensitivity-chart"' in page and page.count("<polyline") == 2
-    assert "400 k" in page and "-60.0%" in page  # parameters card
+    assert "400 k" in page and '<span class="delta better">-60.0%' in page  # parameters
+    assert '<span class="delta worse">-3.3%' in page  # accuracy fell: higher is better
     assert "top1_accuracy" in page and "0.88" in page
     assert "http-equiv=\"refresh\"" not in page
     link = re.search(r'href="(/report/[^"]+/download\?format=model)"', page).group(1)
