@@ -14,6 +14,7 @@ Only ``requests`` is imported here: no Flask, TensorFlow or torch.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -59,6 +60,10 @@ class ServerUnreachable(ClientError):
     """Nothing answered at the server's URL (connection refused, DNS, timeout)."""
 
 
+class KeyFileError(ClientError):
+    """The key file cannot be used (others can read it, or it is not JSON)."""
+
+
 class JobFailed(ClientError):
     """The job ended ``failed`` (or ``expired``); ``str()`` is the server's reason and
     ``body`` the last status."""
@@ -102,10 +107,10 @@ class PlainProgress:
 
 def progress_line(status: Mapping[str, Any], elapsed: float) -> str:
     """The plain line :func:`print_progress` writes for ``status`` after ``elapsed`` s."""
-    parts = [f"[{elapsed:5.1f}s]", f"{job_state(status):<8}"]
-    phase = status.get("phase")
-    if phase:
-        parts.append(f"{phase:<10}")
+    state, phase = job_state(status), status.get("phase")
+    parts = [f"[{elapsed:5.1f}s]", f"{state:<8}"]
+    if phase and phase != state:  # "queued" and "done" are phases too
+        parts.append(f"{phase:<11}")
     fraction = status.get("progress")
     if isinstance(fraction, (int, float)):
         parts.append(f"{round(100 * float(fraction)):3d}%")
@@ -120,12 +125,41 @@ def as_callback(progress: bool | ProgressCallback) -> ProgressCallback | None:
     return PlainProgress() if progress else None
 
 
+def config_path(env: Mapping[str, str]) -> Path:
+    """Where the key file lives: ``$XDG_CONFIG_HOME/edgeai/config.json``."""
+    base = env.get("XDG_CONFIG_HOME") or str(Path(env.get("HOME") or Path.home()) / ".config")
+    return Path(base) / "edgeai" / "config.json"
+
+
+def load_key(env: Mapping[str, str]) -> tuple[str | None, str | None]:
+    """The API key: ``EDGEAI_CLIENT_ID``/``EDGEAI_CLIENT_SECRET``, else the key file.
+
+    Raises KeyFileError when the file is readable by group or others, or unreadable.
+    """
+    client_id, secret = env.get("EDGEAI_CLIENT_ID"), env.get("EDGEAI_CLIENT_SECRET")
+    path = config_path(env)
+    if (client_id and secret) or not path.exists():
+        return client_id, secret
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise KeyFileError(f"{path} holds your API secret but other users can read it "
+                           f"(mode {mode:o}); run: chmod 600 {path}")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise KeyFileError(f"{path} is not readable JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise KeyFileError(f'{path} must hold {{"client_id": ..., "client_secret": ...}}')
+    return client_id or data.get("client_id"), secret or data.get("client_secret")
+
+
 class Client:
     """One edgeai server and one API key.
 
-    ``client_id`` and ``secret`` default to ``EDGEAI_CLIENT_ID`` and
-    ``EDGEAI_CLIENT_SECRET``; a server with ``EDGEAI_AUTH=off`` needs neither.
-    ``timeout`` bounds each HTTP call (uploads and downloads stream).
+    Without ``client_id`` and ``secret`` the key comes from :func:`load_key`
+    (``EDGEAI_CLIENT_ID``/``EDGEAI_CLIENT_SECRET``, else the key file); a server with
+    ``EDGEAI_AUTH=off`` needs none. ``timeout`` bounds each HTTP call (uploads and
+    downloads stream). Raises KeyFileError for a key file others can read.
     """
 
     def __init__(self, url: str, client_id: str | None = None, secret: str | None = None,
@@ -133,8 +167,8 @@ class Client:
         self.url = url.rstrip("/")
         self.timeout = timeout
         self.session = requests.Session()
-        client_id = client_id if client_id is not None else os.environ.get("EDGEAI_CLIENT_ID")
-        secret = secret if secret is not None else os.environ.get("EDGEAI_CLIENT_SECRET")
+        if client_id is None and secret is None:
+            client_id, secret = load_key(os.environ)
         if client_id:
             self.session.headers[CLIENT_ID_HEADER] = client_id
         if secret:

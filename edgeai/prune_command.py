@@ -52,10 +52,6 @@ exit codes:
   130  interrupted (Ctrl-C)"""
 
 
-class KeyFileError(Exception):
-    """The key file cannot be used (unsafe permissions, unreadable); ``str()`` says why."""
-
-
 def add_prune_parser(groups: Any) -> None:
     """Declare ``edgeai prune`` and its flags on the CLI's subparsers."""
     prune = groups.add_parser("prune", help="prune a model (on a server, or here)",
@@ -146,34 +142,6 @@ def is_export_format(framework: str, fmt: str) -> bool:
     return True
 
 
-def config_path(env: Mapping[str, str]) -> Path:
-    """Where the key file lives: ``$XDG_CONFIG_HOME/edgeai/config.json``."""
-    base = env.get("XDG_CONFIG_HOME") or str(Path(env.get("HOME") or Path.home()) / ".config")
-    return Path(base) / "edgeai" / "config.json"
-
-
-def load_key(env: Mapping[str, str]) -> tuple[str | None, str | None]:
-    """The API key: ``EDGEAI_CLIENT_ID``/``EDGEAI_CLIENT_SECRET``, else the key file.
-
-    Raises KeyFileError when the file is readable by group or others, or unreadable.
-    """
-    client_id, secret = env.get("EDGEAI_CLIENT_ID"), env.get("EDGEAI_CLIENT_SECRET")
-    path = config_path(env)
-    if (client_id and secret) or not path.exists():
-        return client_id, secret
-    mode = path.stat().st_mode & 0o777
-    if mode & 0o077:
-        raise KeyFileError(f"{path} holds your API secret but other users can read it "
-                           f"(mode {mode:o}); run: chmod 600 {path}")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise KeyFileError(f"{path} is not readable JSON: {error}") from None
-    if not isinstance(data, dict):
-        raise KeyFileError(f'{path} must hold {{"client_id": ..., "client_secret": ...}}')
-    return client_id or data.get("client_id"), secret or data.get("client_secret")
-
-
 class RichDisplay:
     """A ``rich`` progress bar: state and phase, bar, percent, elapsed time."""
 
@@ -198,7 +166,8 @@ class RichDisplay:
         from edgeai.client import job_state
 
         state, fraction = job_state(status), status.get("progress")
-        description = " ".join(str(part) for part in (state, status.get("phase")) if part)
+        phase = status.get("phase")
+        description = f"{state} {phase}" if phase and phase != state else state
         if state == "done":
             self.progress.update(self.task, description=description, total=1, completed=1)
         elif isinstance(fraction, (int, float)):
@@ -248,7 +217,8 @@ def open_job(args: argparse.Namespace, framework: str, files: dict[str, Path],
              raw: dict[str, str]) -> Any:
     """Submit to the server, or start the run here; return the job to follow.
 
-    Raises ClientError, KeyFileError or edgeai.errors.BadRequest.
+    Raises ClientError (KeyFileError: the key file is unsafe) or
+    edgeai.errors.BadRequest.
     """
     if not args.server:
         from edgeai.local import LocalJob
@@ -256,8 +226,7 @@ def open_job(args: argparse.Namespace, framework: str, files: dict[str, Path],
         return LocalJob(framework, files, raw)
     from edgeai.client import Client
 
-    client_id, secret = load_key(os.environ)
-    client = Client(args.server, client_id, secret)
+    client = Client(args.server)
     params: dict[str, Any] = {**raw, **{role: str(path) for role, path in files.items()}}
     return client.prune(**params)
 
@@ -318,7 +287,7 @@ def summary(status: Mapping[str, Any], output: Path, seconds: float) -> str:
 
 def run_prune(args: argparse.Namespace) -> int:
     """Run ``edgeai prune``; return its exit code (see the module docstring)."""
-    from edgeai.client import AuthError, ClientError, JobFailed, ServerUnreachable
+    from edgeai.client import AuthError, ClientError, JobFailed, KeyFileError, ServerUnreachable
     from edgeai.errors import BadRequest
 
     started = time.monotonic()
