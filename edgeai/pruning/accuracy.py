@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeai.pruning import progress
 from edgeai.pruning.base import PruneJob
 from edgeai.pruning.engine import Engine
 from edgeai.pruning.metric import HIGHER_IS_BETTER, Data, NotMeasured, evaluate
@@ -161,6 +162,7 @@ class Accuracy:
                 break
             self.report.epochs.append(value)
             self.report.after_finetune = value
+            progress.current().within((epoch + 1) / epochs)
             spent = time.perf_counter() - epoch_started
             if deadline and time.time() + 2 * spent > float(deadline):
                 self.report.detail = (self.report.detail or "") + \

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from edgeai.pruning import progress
 from edgeai.pruning.accuracy import Accuracy
 from edgeai.pruning.base import PruneJob, PruneResult, PruningError
 from edgeai.pruning.engine import Engine
@@ -52,23 +53,43 @@ __all__ = ["Analysis", "ChannelGroup", "Engine", "LayerInfo", "Loaded", "Plan", 
 
 @contextmanager
 def step(report: JobReport, name: str) -> Iterator[None]:
-    """Time one step into ``report.timings``."""
+    """Run one step (a key of :data:`.progress.STEP_PHASES`): announce its phase to
+    :mod:`.progress`, and add its time to ``report.timings``."""
+    tracker = progress.current()
+    tracker.enter(name)
     started = time.perf_counter()
     yield
     report.timings[name] = round(report.timings.get(name, 0.0) + time.perf_counter() - started, 4)
+    tracker.leave()
+
+
+def planned_steps(job: PruneJob) -> int:
+    """How many :func:`step` blocks :func:`run` passes through for ``job``: the
+    progress fraction's denominator. (With a dataset too small to measure on, the
+    evaluation steps are skipped and the fraction jumps; it never goes back.)"""
+    data = "dataset" in job.inputs
+    if job.options.get("task") == "analyze":
+        return 3 + data  # load, (evaluate,) analyse, rewrite
+    epochs = int(job.options.get("finetune_epochs") or 0)
+    return (6  # load, analyse, rewrite, verify, save, verify the round trip
+            + 2 * data + (data and epochs > 0)  # evaluate before, after (+ recovery)
+            + bool(job.options.get("formats")) + bool(job.options.get("measure", True)))
 
 
 def run(engine: Engine, job: PruneJob) -> PruneResult:
     """Prune ``job`` with ``engine``; see the module docstring. Raises PruningError."""
     report = JobReport(framework=engine.spec.name, percent=job.percent,
                        round_to=int(job.options.get("round_to") or 1))
+    progress.current().plan(planned_steps(job))
     with step(report, "load"):
         loaded = engine.load(job, Path(job.output_dir).parent)
         check_omitted(job.omitted, engine.layer_names(loaded), engine.channel_layers(loaded),
                       engine.separator)
         accuracy = Accuracy(engine, engine.load_data(job, loaded, report))
         report.params_before, report.macs_before = engine.measure(loaded.model, loaded)
-    accuracy.measure(loaded.model, "before")
+    if accuracy.active:
+        with step(report, "evaluate"):
+            accuracy.measure(loaded.model, "before")
     report.file_size_before = os.path.getsize(engine.primary_input(job))
     with step(report, "analyse"):
         analysis = engine.analyse(loaded)
@@ -77,32 +98,50 @@ def run(engine: Engine, job: PruneJob) -> PruneResult:
     plan, pruned = choose(engine, loaded, analysis, job, report)
     report.layers = layer_changes(analysis, plan, engine.widths(pruned))
     rounding_hints(report.layers, report.round_to, report.warnings)
-    accuracy.measure(pruned, "after_prune")
-    # Recovery needs the original as it is; the exactness check masks it, so recovery
-    # works on a copy first, and the check proves the rewrite on the model as rewritten.
-    final = accuracy.recover(engine.copy(pruned), loaded, analysis, plan, job) \
-        if accuracy.active and job.options.get("recover", True) else pruned
-    batch = engine.example_batch(loaded, SEED)
-    expected = outputs(engine, pruned, batch, "The pruned model")
-    report.verification.exactness = verify_exactness(engine, loaded, analysis, plan, pruned,
-                                                     batch, expected)
-    final = accuracy.finetune(final, job)
+    final = evaluate_and_recover(engine, accuracy, pruned, loaded, analysis, plan, job, report)
+    with step(report, "verify"):
+        batch = engine.example_batch(loaded, SEED)
+        expected = outputs(engine, pruned, batch, "The pruned model")
+        report.verification.exactness = verify_exactness(engine, loaded, analysis, plan,
+                                                         pruned, batch, expected)
+    if accuracy.active and int(job.options.get("finetune_epochs") or 0) > 0:
+        with step(report, "finetune"):
+            final = accuracy.finetune(final, job)
     if final is not pruned:
         pruned, expected = final, outputs(engine, final, batch, "The recovered model")
     report.evaluation = accuracy.finish()
     _legacy_accuracy(report)
     report.params_after, report.macs_after = engine.measure(pruned, loaded)
     save(engine, pruned, loaded, job, report)
-    report.verification.round_trip = verify_round_trip(engine, job, report.artifacts, pruned,
-                                                       batch, expected)
-    report.exports = check_exports(engine, pruned, loaded, job, batch, expected)
-    report.artifacts.update({fmt: check.file for fmt, check in report.exports.items()})
+    with step(report, "verify"):
+        report.verification.round_trip = verify_round_trip(engine, job, report.artifacts,
+                                                           pruned, batch, expected)
+    if job.options.get("formats"):
+        with step(report, "export"):
+            report.exports = check_exports(engine, pruned, loaded, job, batch, expected)
+            report.artifacts.update({fmt: check.file for fmt, check in report.exports.items()})
     if job.options.get("measure", True):
-        # The original is masked by now: the same architecture, so the same speed.
-        report.speed = measure_speed(engine, loaded, loaded.model, pruned, job,
-                                     report.artifacts)
+        with step(report, "measure"):
+            # The original is masked by now: the same architecture, so the same speed.
+            report.speed = measure_speed(engine, loaded, loaded.model, pruned, job,
+                                         report.artifacts)
     return PruneResult(artifact=report.artifacts["model"] or "",
                        message=engine.summary(pruned, loaded, job), report=report.to_dict())
+
+
+def evaluate_and_recover(engine: Engine, accuracy: Accuracy, pruned: Any, loaded: Loaded,
+                         analysis: Analysis, plan: Plan, job: PruneJob, report: JobReport) -> Any:
+    """With data: the metric after pruning, then recovery (unless ``recover=false``).
+    Returns the model to go on with (``pruned`` itself without recovery)."""
+    if not accuracy.active:
+        return pruned
+    with step(report, "evaluate"):
+        accuracy.measure(pruned, "after_prune")
+        if not (accuracy.active and job.options.get("recover", True)):
+            return pruned
+        # Recovery needs the original as it is; the exactness check masks it, so recovery
+        # works on a copy first, and the check proves the rewrite on the model as rewritten.
+        return accuracy.recover(engine.copy(pruned), loaded, analysis, plan, job)
 
 
 def _legacy_accuracy(report: JobReport) -> None:

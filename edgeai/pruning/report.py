@@ -156,7 +156,8 @@ class JobReport:
                                         omit_none=True)
     accuracy_after: float | None = doc("Accuracy on the uploaded dataset, after",
                                        omit_none=True)
-    timings: dict[str, float] = doc("Seconds spent loading, analysing, rewriting, saving",
+    timings: dict[str, float] = doc("Seconds spent in each step the job took: load, evaluate, "
+                                    "analyse, rewrite, verify, finetune, save, export, measure",
                                     default_factory=dict)
     verification: Verification = doc("Exactness and round-trip checks",
                                      default_factory=Verification)

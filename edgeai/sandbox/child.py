@@ -6,7 +6,9 @@ itself first (:func:`edgeai.sandbox.confine.confine`), then imports its framewor
 (so that a job handed to it later starts warm) and writes ``ready <confinement
 report as JSON>`` on stdout. It reads exactly one job as a JSON line on stdin,
 runs it in its slot and writes ``result.json`` there, then exits: a child never
-serves two jobs. With ``--probe`` it stops after writing ``ready``.
+serves two jobs. While the job runs, its phase and fraction done
+(:mod:`edgeai.pruning.progress`) are rewritten into ``progress.json`` in the slot.
+With ``--probe`` it stops after writing ``ready``.
 """
 from __future__ import annotations
 
@@ -24,6 +26,23 @@ def _write_result(workdir: str, payload: dict) -> None:
     with open(tmp, "w") as handle:
         json.dump(payload, handle)
     os.replace(tmp, os.path.join(workdir, "result.json"))
+
+
+def _progress_writer(workdir: str):
+    """A :mod:`edgeai.pruning.progress` listener that atomically rewrites
+    ``progress.json`` in the slot, where the supervisor reads it (bounded, validated)."""
+    tmp, target = os.path.join(workdir, ".progress.json.tmp"), os.path.join(workdir,
+                                                                            "progress.json")
+
+    def write(phase: str, fraction: float | None) -> None:
+        try:
+            with open(tmp, "w") as handle:
+                json.dump({"phase": phase, "progress": fraction}, handle)
+            os.replace(tmp, target)
+        except OSError:  # news of progress is not worth failing the job for
+            pass
+
+    return write
 
 
 def _ready(confinement: dict) -> None:
@@ -72,6 +91,9 @@ def main() -> int:
     from edgeai.pruning import PruneJob, PruningError
 
     job = PruneJob.from_dict(json.loads(line)["job"])
+    from edgeai.pruning import progress
+
+    progress.track(_progress_writer(slot))
     job_started = time.perf_counter()
     try:
         result = run(job)

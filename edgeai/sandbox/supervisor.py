@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import pwd
 import shutil
@@ -28,11 +29,13 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from edgeai.pruning import PruneJob, PruneResult
+from edgeai.pruning.progress import JOB_PHASES
 from edgeai.sandbox.limits import Limits
 
 log = logging.getLogger(__name__)
@@ -48,6 +51,7 @@ WALLS = {
     "network": ("network",),
 }
 MAX_RESULT_BYTES = 16 << 20
+MAX_PROGRESS_BYTES = 512
 MAX_MESSAGE_CHARS = 64 * 1024
 MAX_ERROR_CHARS = 2000
 MAX_LOG_TAIL_CHARS = 600
@@ -75,6 +79,47 @@ def sandbox_user() -> tuple[int, int] | None:
         return None
     entry = pwd.getpwnam(os.environ.get("EDGEAI_SANDBOX_USER", "nobody"))
     return entry.pw_uid, entry.pw_gid
+
+
+ProgressListener = Callable[[str, "float | None"], None]
+
+
+def read_progress(slot: Path) -> tuple[str, float | None] | None:
+    """The child's ``progress.json`` in ``slot`` as (phase, fraction), or None when it
+    is missing or anything about it is off.
+
+    The child runs hostile code, so the file is untrusted: opened without following
+    a link or blocking on a pipe, a plain file of at most :data:`MAX_PROGRESS_BYTES`,
+    a JSON object whose ``phase`` is one of the pipeline's
+    (:data:`edgeai.pruning.progress.JOB_PHASES`) and whose ``progress`` is null or a
+    finite number in [0, 1]. Anything else is ignored, never an error.
+    """
+    try:
+        fd = os.open(slot / "progress.json", os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_PROGRESS_BYTES:
+            return None
+        raw = os.read(fd, MAX_PROGRESS_BYTES + 1)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    try:
+        payload = json.loads(raw) if len(raw) <= MAX_PROGRESS_BYTES else None
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(payload, dict) or payload.get("phase") not in JOB_PHASES:
+        return None
+    fraction = payload.get("progress")
+    if fraction is None:
+        return payload["phase"], None
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) \
+            or not math.isfinite(fraction) or not 0 <= fraction <= 1:
+        return None
+    return payload["phase"], float(fraction)
 
 
 def bounded(text: str, limit: int) -> str:
@@ -332,20 +377,24 @@ class Sandbox:
 
     # -- running -----------------------------------------------------------
     def run(self, job: PruneJob, staging: Path, *, brings_code: str | None = None,
-            cancel: threading.Event | None = None) -> PruneResult:
+            cancel: threading.Event | None = None,
+            progress: ProgressListener | None = None) -> PruneResult:
         """Run ``job`` confined; move what it produced into ``staging`` (a server folder).
 
         ``job.inputs`` are server paths; the child gets links to them in its slot.
         ``brings_code`` says what in the job would run as code (None if nothing):
-        such a job needs every wall. Returns the result with ``artifact`` (and every
-        file named in ``report["artifacts"]``) in ``staging``. Raises
-        :class:`JobFailed` with the reason on any failure.
+        such a job needs every wall. Setting ``cancel`` kills the child. ``progress``
+        is called, about five times a second while the child runs, with the phase and
+        fraction it last reported (:func:`read_progress`; only valid reports). Returns
+        the result with ``artifact`` (and every file named in ``report["artifacts"]``)
+        in ``staging``. Raises :class:`JobFailed` with the reason on any failure.
         """
         child = self._take_child(job.framework)
         try:
             self._await_ready(child)
             self._check_walls(child, brings_code)
-            return self._supervise(child, self._hand_over(child, job), Path(staging), cancel)
+            return self._supervise(child, self._hand_over(child, job), Path(staging), cancel,
+                                   progress)
         finally:
             child.close()
 
@@ -390,14 +439,15 @@ class Sandbox:
                        options={**job.options, "deadline": deadline})
 
     def _supervise(self, child: _Child, job: PruneJob, staging: Path,
-                   cancel: threading.Event | None) -> PruneResult:
+                   cancel: threading.Event | None,
+                   progress: ProgressListener | None) -> PruneResult:
         try:
             child.proc.stdin.write((json.dumps({"job": job.to_dict()}) + "\n").encode())
             child.proc.stdin.close()
         except (BrokenPipeError, ValueError):
             child.kill()
             raise JobFailed(self._death_reason(child, "the pruning process exited early")) from None
-        self._wait(child, cancel)
+        self._wait(child, cancel, progress)
         payload = self._read_result(child)
         if not payload.get("ok"):
             raise JobFailed(bounded(payload.get("error") or "Pruning failed for an unknown "
@@ -414,7 +464,8 @@ class Sandbox:
                            message=bounded(payload.get("message") or "", MAX_MESSAGE_CHARS),
                            report=report)
 
-    def _wait(self, child: _Child, cancel: threading.Event | None) -> None:
+    def _wait(self, child: _Child, cancel: threading.Event | None,
+              progress: ProgressListener | None) -> None:
         limits = self.limits
         deadline = time.monotonic() + limits.timeout
         while True:
@@ -423,6 +474,10 @@ class Sandbox:
                 return
             except subprocess.TimeoutExpired:
                 pass
+            if progress is not None:
+                news = read_progress(child.slot)
+                if news is not None:
+                    progress(*news)
             if cancel is not None and cancel.is_set():
                 child.kill()
                 raise JobFailed("The server stopped while this job ran.")

@@ -80,7 +80,7 @@ def test_guide_net_artifacts_and_report(user_files, prune_torch):
     assert info["params_after"] == report["params_after"] == 596042
     assert report["params_before"] == 1199882 and report["macs_after"] < report["macs_before"]
     assert report["file_size_before"] > report["file_size_after"] > 0
-    assert set(report["timings"]) == {"load", "analyse", "rewrite", "save"}
+    assert set(report["timings"]) == {"load", "analyse", "rewrite", "verify", "save", "measure"}
     layers = {layer["name"]: layer for layer in report["layers"]}
     assert layers["conv1"]["channels_before"] == 32 and layers["conv1"]["channels_after"] == 16
     assert layers["fc1"]["status"] == "omitted" and layers["fc2"]["status"] == "output"
