@@ -4,8 +4,10 @@ Every operation on it is here: :func:`submit` (store the uploads, insert a
 queued row, under the client's quota), :func:`claim_next_job`, :func:`heartbeat`,
 :func:`finish_job`, :func:`release`, :func:`recover_stale_jobs` (rows whose
 worker died are re-queued, at most ``EDGEAI_MAX_ATTEMPTS`` times in all, then
-failed with a reason), :func:`expire_artifacts`, and the ``workers`` registry.
-The runner (:mod:`edgeai.runner`) drives them; the API only submits.
+failed with a reason), :func:`expire_artifacts`, :func:`record_progress`, the
+client's :func:`cancel_job` (with :func:`cancels_requested`, which the holder of a
+running job's lease polls), and the ``workers`` registry. The runner
+(:mod:`edgeai.runner`) drives them; the API only submits and cancels.
 
 The same statements run on SQLite and PostgreSQL. A claim takes the oldest
 queued row with ``SELECT ... FOR UPDATE SKIP LOCKED`` (on SQLite, under ``BEGIN
@@ -37,6 +39,9 @@ from edgeai.errors import TooManyJobs
 from edgeai.pruning import PruneJob
 from edgeai.storage import FileStore, artifact_stem
 
+# The message of a job the client cancelled (queued or running); clients may match it.
+CANCELLED = "cancelled by the client"
+
 
 def submit(database: Database, storage: FileStore, settings: Settings, owner: str,
            framework: str, params: dict[str, Any], uploads: Mapping[str, IO[bytes]],
@@ -62,7 +67,7 @@ def submit(database: Database, storage: FileStore, settings: Settings, owner: st
             session.add(Transaction(
                 txid=txid, owner=owner, framework=framework, params=params,
                 input_names=input_names, state="queued", message="Queued.", attempts=0,
-                created_at=time.time()))
+                created_at=time.time(), phase="queued"))
     except BaseException:
         storage.remove_transaction(txid)
         raise
@@ -110,6 +115,7 @@ def claim_next_job(database: Database, claimer: str, max_running: int) -> Transa
         row.heartbeat_at = db_now()
         row.attempts += 1
         row.message = "Pruning in progress."
+        row.phase, row.progress = "loading", 0.0
         session.flush()
         session.refresh(row)
         session.expunge(row)
@@ -123,8 +129,12 @@ def finish_job(database: Database, txid: str, claimer: str, lease: str | None = 
 
     Returns False when the lease expired meanwhile (the row was re-queued, maybe
     claimed and finished by another worker): that worker owns the outcome and this
-    one's result is discarded.
+    one's result is discarded. A job done gets phase "done"; a failed one keeps the
+    phase it failed in.
     """
+    if values.get("state") == "done":
+        values.setdefault("phase", "done")
+        values.setdefault("progress", 1.0)
     values.setdefault("finished_at", db_now())
     values.setdefault("lease_token", None)
     conditions = [Transaction.txid == txid, Transaction.claimed_by == claimer,
@@ -139,19 +149,25 @@ def finish_job(database: Database, txid: str, claimer: str, lease: str | None = 
 
 def recover_stale_jobs(database: Database, stale_seconds: float, max_attempts: int) -> int:
     """Re-queue (or, past ``max_attempts``, fail) running rows whose lease expired: no
-    heartbeat for ``stale_seconds`` on the database's clock. Also forgets workers
-    silent for as long.
+    heartbeat for ``stale_seconds`` on the database's clock; one the client asked to
+    cancel is failed as cancelled. Also forgets workers silent for as long.
 
     Returns how many job rows it changed.
     """
     cutoff = db_now() - stale_seconds
     with database.immediate() as session:
         rows = session.execute(
-            select(Transaction.txid, Transaction.attempts)
+            select(Transaction.txid, Transaction.attempts, Transaction.cancel_requested_at)
             .where(Transaction.state == "running", Transaction.heartbeat_at < cutoff)
             .with_for_update(skip_locked=True)).all()
-        spent = [txid for txid, attempts in rows if attempts >= max_attempts]
-        retry = [txid for txid, attempts in rows if attempts < max_attempts]
+        cancelled = [txid for txid, _, cancel in rows if cancel is not None]
+        spent = [txid for txid, attempts, cancel in rows
+                 if cancel is None and attempts >= max_attempts]
+        retry = [txid for txid, attempts, cancel in rows
+                 if cancel is None and attempts < max_attempts]
+        if cancelled:
+            session.execute(update(Transaction).where(Transaction.txid.in_(cancelled))
+                            .values(**_cancelled_values()))
         if spent:
             session.execute(update(Transaction).where(Transaction.txid.in_(spent)).values(
                 state="failed", claimed_by=None, lease_token=None, finished_at=db_now(),
@@ -159,8 +175,8 @@ def recover_stale_jobs(database: Database, stale_seconds: float, max_attempts: i
                          "times; giving up. Submit it again, or with a smaller model.")))
         if retry:
             session.execute(update(Transaction).where(Transaction.txid.in_(retry)).values(
-                state="queued", claimed_by=None, lease_token=None,
-                message="Re-queued after the server stopped while pruning it."))
+                state="queued", claimed_by=None, lease_token=None, phase="queued",
+                progress=None, message="Re-queued after the server stopped while pruning it."))
         session.execute(delete(Worker).where(Worker.heartbeat_at < cutoff))
     return len(rows)
 
@@ -206,15 +222,73 @@ def heartbeat(database: Database, leases: list[str]) -> set[str]:
 
 def release(database: Database, leases: list[str]) -> None:
     """Hand rows back to the queue under the leases given, giving the attempt back: a
-    shutdown is not the job's fault, and a live worker takes it at once."""
+    shutdown is not the job's fault, and a live worker takes it at once. A row the
+    client asked to cancel is failed as cancelled instead."""
     if not leases:
         return
+    held = (Transaction.lease_token.in_(leases), Transaction.state == "running")
     with database.immediate() as session:
         session.execute(update(Transaction).where(
-            Transaction.lease_token.in_(leases), Transaction.state == "running").values(
-            state="queued", claimed_by=None, lease_token=None,
+            *held, Transaction.cancel_requested_at.is_not(None)).values(**_cancelled_values()))
+        session.execute(update(Transaction).where(*held).values(
+            state="queued", claimed_by=None, lease_token=None, phase="queued", progress=None,
             attempts=Transaction.attempts - 1,
             message="Re-queued: the server worker running it shut down."))
+
+
+def record_progress(database: Database, lease: str, phase: str,
+                    progress: float | None) -> None:
+    """Write the phase and fraction a running job reported, under its lease (a lost
+    lease writes nothing)."""
+    with database.session() as session:
+        session.execute(update(Transaction).where(
+            Transaction.lease_token == lease, Transaction.state == "running").values(
+            phase=phase, progress=progress))
+
+
+def cancels_requested(database: Database, leases: list[str]) -> set[str]:
+    """Of the leases given, those whose running row the client asked to cancel."""
+    if not leases:
+        return set()
+    with database.session() as session:
+        return {lease for lease in session.scalars(select(Transaction.lease_token).where(
+            Transaction.lease_token.in_(leases), Transaction.state == "running",
+            Transaction.cancel_requested_at.is_not(None))) if lease}
+
+
+def cancel_job(database: Database, storage: FileStore, txid: str) -> tuple[Transaction, bool]:
+    """Cancel transaction ``txid`` as its client asked, in one write transaction.
+
+    A queued row is failed at once with :data:`CANCELLED` (its uploads are deleted);
+    a running one is marked (``cancel_requested_at``) for the worker holding its
+    lease, which kills its child and fails it with :data:`CANCELLED` within a
+    heartbeat or two (asking again changes nothing). A finished row is left as it is.
+    Returns the row as it is now (detached) and whether it was queued or running.
+    Raises LookupError when no such row exists.
+    """
+    with database.immediate() as session:
+        row = session.scalars(select(Transaction).where(Transaction.txid == txid)
+                              .with_for_update()).first()
+        if row is None:
+            raise LookupError(txid)
+        was_queued = row.state == "queued"
+        if was_queued:
+            for key, value in _cancelled_values().items():
+                setattr(row, key, value)
+        elif row.state == "running" and row.cancel_requested_at is None:
+            row.cancel_requested_at = db_now()
+        session.flush()
+        session.refresh(row)
+        session.expunge(row)
+    if was_queued:
+        storage.remove_inputs(txid)
+    return row, was_queued or row.state == "running"
+
+
+def _cancelled_values() -> dict[str, Any]:
+    """The columns of a row failed because its client cancelled it."""
+    return {"state": "failed", "message": CANCELLED, "claimed_by": None, "lease_token": None,
+            "finished_at": db_now()}
 
 
 def register_worker(database: Database, worker: str, role: str, concurrency: int) -> None:

@@ -9,7 +9,11 @@ database session is held open across a prune. It lives in every server process
 
 A job whose lease is lost (this process stalled longer than
 ``EDGEAI_STALE_SECONDS`` and another worker took the job) is stopped: its result
-would be discarded anyway, and its artifacts are deleted if it got that far.
+would be discarded anyway, and its artifacts are deleted if it got that far. So is
+a job its client cancelled (``POST /api/cancel``): the heartbeat sees the request
+on the row and the job ends failed, "cancelled by the client". While a job runs,
+the phase and fraction its child reports are written to its row, at most once a
+second.
 """
 from __future__ import annotations
 
@@ -26,12 +30,15 @@ from edgeai.config import Settings
 from edgeai.db import Database, Transaction
 from edgeai.pruning import FRAMEWORKS, get_engine, spec_for
 from edgeai.queue import (
+    CANCELLED,
     build_job,
+    cancels_requested,
     claim_next_job,
     deregister_worker,
     expire_artifacts,
     finish_job,
     heartbeat,
+    record_progress,
     recover_stale_jobs,
     register_worker,
     release,
@@ -42,6 +49,9 @@ from edgeai.sandbox import JobFailed, Sandbox, limits_from_settings
 from edgeai.storage import FileStore
 
 log = logging.getLogger(__name__)
+
+# A running job's progress is written to its row at most this often.
+PROGRESS_WRITE_SECONDS = 1.0
 
 
 def sandbox_for(settings: Settings) -> Sandbox:
@@ -61,6 +71,32 @@ class _Lease:
     txid: str
     token: str
     cancel: threading.Event = field(default_factory=threading.Event)
+    cancelled_by_client: bool = False
+
+
+class _ProgressWriter:
+    """Writes what a running job reports (phase, fraction) to its row: only changes,
+    and at most once per :data:`PROGRESS_WRITE_SECONDS`. The sandbox calls it
+    several times a second with the latest report, so the last one is written too."""
+
+    def __init__(self, database: Database, lease: str):
+        self.database = database
+        self.lease = lease
+        self.written: tuple[str, float | None] | None = None
+        self.at = float("-inf")
+
+    def __call__(self, phase: str, fraction: float | None) -> None:
+        """Record ``phase`` and ``fraction`` unless just written, or written under a
+        second ago; a database error is logged, never raised into the job."""
+        now = time.monotonic()
+        if (phase, fraction) == self.written or now - self.at < PROGRESS_WRITE_SECONDS:
+            return
+        self.at = now
+        try:
+            record_progress(self.database, self.lease, phase, fraction)
+            self.written = (phase, fraction)
+        except Exception:  # progress is news, not the job
+            log.exception("recording progress (lease %s)", self.lease)
 
 
 class JobRunner:
@@ -195,6 +231,7 @@ class JobRunner:
                 held = dict(self._held)
             try:
                 kept = heartbeat(self.database, list(held))
+                asked = cancels_requested(self.database, list(kept))
                 if not touch_worker(self.database, self.claimer):
                     register_worker(self.database, self.claimer, self.role,
                                     self.settings.worker_threads)
@@ -202,7 +239,11 @@ class JobRunner:
                 log.exception("heartbeat")
                 continue
             for token, lease in held.items():
-                if token not in kept and not lease.cancel.is_set():
+                if token in asked and not lease.cancel.is_set():
+                    log.info("job %s: cancelled by the client; stopping it", lease.txid)
+                    lease.cancelled_by_client = True
+                    lease.cancel.set()
+                elif token not in kept and not lease.cancel.is_set():
                     log.warning("job %s: lease lost (re-queued after %.0f s without a "
                                 "heartbeat); stopping this run", lease.txid,
                                 self.settings.stale_seconds)
@@ -219,6 +260,8 @@ class JobRunner:
             log.exception("job %s", txid)
             values = {"state": "failed",
                       "message": f"Internal error while pruning: {type(error).__name__}: {error}"}
+        if lease.cancelled_by_client and values.get("state") != "done":  # done: too late
+            values = {"state": "failed", "message": CANCELLED}
         try:
             if self._stop.is_set() and values.get("state") != "done":
                 release(self.database, [lease.token])
@@ -241,7 +284,8 @@ class JobRunner:
         roles = [role.name for role in spec_for(row.framework).files]
         job = build_job(row, self.storage.fetch_inputs(row.txid, roles, staging / "fetched"))
         result = self.sandbox.run(job, staging, cancel=lease.cancel,
-                                  brings_code=get_engine(row.framework).untrusted_code(job))
+                                  brings_code=get_engine(row.framework).untrusted_code(job),
+                                  progress=_ProgressWriter(self.database, lease.token))
         report = dict(result.report)
         artifacts = dict(report.get("artifacts") or {})
         if lease.cancel.is_set():

@@ -48,6 +48,13 @@ class Transaction(Base):
     started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     heartbeat_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # Progress as the job reports it (edgeai.pruning.progress.PHASES): "queued" while
+    # queued, the pipeline's step while running, "done" when done. A failed job keeps
+    # the phase it failed in, so the row says where it stopped.
+    phase: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    progress: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # Set when the client cancels a running job; the worker holding it sees it.
+    cancel_requested_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
     @property
     def status(self) -> str:
