@@ -1,4 +1,5 @@
-"""``GET /api/status`` and ``GET /api/download``: a transaction's state and its artifact.
+"""``GET /api/status``, ``GET /api/download`` and ``POST /api/cancel``: a transaction's
+state (with the phase and progress its job reports), its artifact, and stopping it.
 
 A transaction is visible only to the client that created it: anyone else gets
 the same 404 as for a txid that never existed.
@@ -17,7 +18,9 @@ from edgeai.api.schema import model_for
 from edgeai.db import Transaction
 from edgeai.errors import BadRequest, Conflict, Gone, NotFound
 from edgeai.pruning import spec_for, specs
+from edgeai.pruning.progress import PHASES
 from edgeai.pruning.report import JobReport
+from edgeai.queue import CANCELLED, cancel_job
 from edgeai.report_page import report_url
 
 ns = Namespace("transactions", description="Follow a pruning transaction and download its result")
@@ -34,6 +37,12 @@ status_model = ns.model("Status", {
                               example="tmp7d8tkpfs.h5"),
     "txid": fields.String(description="The transaction id"),
     "state": fields.String(description="queued, running, done, failed or expired"),
+    "phase": fields.String(enum=list(PHASES), description="What the job is doing: queued, "
+                           "then its steps, then done; a failed job keeps the phase it "
+                           "failed in", example="pruning"),
+    "progress": fields.Float(min=0, max=1, description="Fraction of the job done, 0 to 1, "
+                             "where known (steps done of those planned; fine-tuning by "
+                             "epoch)", example=0.5),
     "framework": fields.String(description="The engine: " + ", ".join(
         spec.name for spec in specs())),
     "queue_position": fields.Integer(description="Jobs ahead of this one (when queued)"),
@@ -111,6 +120,7 @@ class Status(Resource):
             "status": row.status, "message": row.message, "txid": row.txid, "state": row.state,
             "framework": row.framework, "attempts": row.attempts, "created_at": row.created_at,
             "started_at": row.started_at, "finished_at": row.finished_at,
+            "phase": row.phase, "progress": row.progress,
             "report_url": report_url(row.txid, row.owner),
         }
         if row.state == "done":
@@ -166,3 +176,47 @@ class Download(Resource):
         if download.size is not None:
             response.content_length = download.size
         return response
+
+
+@ns.route("cancel")
+class Cancel(Resource):
+    """Stop a transaction that has not finished."""
+
+    @ns.expect(txid_parser)
+    @ns.response(200, f"Cancelled at once (it was queued): failed, {CANCELLED!r}",
+                 status_model)
+    @ns.response(202, f"Cancelling (it is running): its worker stops it within seconds and "
+                 f"it ends failed, {CANCELLED!r}", status_model)
+    @ns.response(404, NOT_FOUND, error_model)
+    @ns.response(409, "Already finished (done, failed or expired): nothing to cancel",
+                 error_model)
+    @ns.response(400, "txid missing, or an unknown parameter", error_model)
+    @ns.response(401, "Missing or invalid API key", error_model)
+    @ns.marshal_with(status_model, skip_none=True)
+    def post(self):
+        """Cancel a queued or running transaction; it ends failed, "cancelled by the client"."""
+        row = find_transaction(["txid"])
+        refuse_unknown([*request.form.keys(), *request.files.keys()], [], "form field")
+        try:
+            row, acted = cancel_job(context.database(), context.storage(), row.txid)
+        except LookupError:  # deleted since it was read
+            raise NotFound(NOT_FOUND) from None
+        if not acted:
+            raise Conflict(f"The transaction {_finished(row)}; nothing to cancel.",
+                           status=row.status)
+        body = {"status": row.status, "message": row.message, "txid": row.txid,
+                "state": row.state, "phase": row.phase, "progress": row.progress}
+        if row.state == "running":
+            body["message"] = ("Cancelling: the worker running this job stops it within "
+                               f"seconds; status then says {CANCELLED!r}.")
+            return body, 202
+        return body
+
+
+def _finished(row: Transaction) -> str:
+    """How a transaction that cannot be cancelled ended, for the 409's message."""
+    if row.state == "done":
+        return "is done (download it)"
+    if row.state == "expired":
+        return "is done and its file expired"
+    return f"already failed: {row.message}"

@@ -103,7 +103,7 @@ def test_swagger_ui_and_spec(client):
     assert client.get("/docs").status_code == 200
     spec = client.get("/api/swagger.json").get_json()
     assert set(spec["paths"]) == {"/tf_prune", "/pt_prune", "/tf_analyze", "/pt_analyze",
-                                  "/status", "/download"}
+                                  "/status", "/download", "/cancel"}
     assert client.get("/swagger.json").get_json()["paths"] == spec["paths"]
     for path in spec["paths"].values():
         for operation in path.values():
