@@ -11,7 +11,8 @@ Downloads go through ``/report/<token>/download?format=...``, which streams the 
 artifact as ``GET /api/download``: a page opened without API headers could not use that
 route, and a curl line would have to carry the client's secret, which the page must
 never hold. The token is the only credential; it opens this one transaction's files
-until it expires, as the page itself does.
+until it expires, as the page itself does. The page links them relatively
+(``<token>/download?...``), so they work under whatever path the page was reached at.
 
 Every way a token can fail — malformed, tampered, expired, another secret, another
 client's transaction, a revoked key — answers the same 404, so a token reveals nothing.

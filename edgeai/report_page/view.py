@@ -148,6 +148,8 @@ def build_page(row: Transaction) -> Page:
     """The page for ``row``; a job that is not done gets its state and message only."""
     report = (row.report or {}) if row.state == "done" else {}
     page = Page(row=row, report=report)
+    if row.state == "done":
+        page.downloads = downloads(report, row.filename)
     if not report:
         return page
     page.cards = cards(report)
@@ -158,7 +160,6 @@ def build_page(row: Transaction) -> Page:
     evaluation = report.get("evaluation") or {}
     page.stages = [(label, f"{evaluation[key]:.4g}") for key, label in STAGES
                    if evaluation.get(key) is not None]
-    page.downloads = downloads(report, row.filename)
     page.layers = layer_chart(report.get("layers") or [])
     page.sensitivity = sensitivity_chart(report.get("sensitivity") or {})
     return page

@@ -108,9 +108,8 @@ def test_report_page_renders_in_chromium(server, finished, name, tmp_path):
     assert chart.count('class="layer"') >= 3 and "<rect" in chart
     assert screenshot.stat().st_size > 20_000
     # The page's download link serves the API's file without API headers.
-    link = re.search(r'href="(/report/[^"]+)"', dom).group(1).replace("&amp;", "&")
-    assert link.startswith("/report/") and link.endswith("/download?format=model")
-    page_file = requests.get(server.url + link, timeout=60)
+    link = re.search(r'href="([^"/]+/download\?format=model)"', dom).group(1)
+    page_file = requests.get(body["report_url"].rsplit("/", 1)[0] + "/" + link, timeout=60)
     api_file = requests.get(f"{server.url}/api/download", params={"txid": body["txid"]},
                             headers=finished[1], timeout=60)
     assert page_file.status_code == 200 and page_file.content == api_file.content
