@@ -68,6 +68,7 @@ class LocalJob:
         self._cancel = threading.Event()
         self._lock = threading.Lock()
         self.last_status: dict[str, Any] = {"status": "1", "state": "queued", "txid": self.txid,
+                                            "phase": "queued", "progress": None,
                                             "message": "Starting the sandbox."}
         self._thread = threading.Thread(target=self._run, name="edgeai-local", daemon=True)
         self._thread.start()
@@ -93,22 +94,27 @@ class LocalJob:
             row = Transaction(framework=self.framework, params=self.params,
                               input_names={role: path.name for role, path in self.files.items()})
             job = build_job(row, inputs)
-            self._set(state="running", started_at=started, message="Pruning.")
+            self._set(state="running", phase=None, started_at=started, message="Pruning.")
             try:
                 result = sandbox.run(job, self.staging, cancel=self._cancel,
-                                     brings_code=get_engine(self.framework).untrusted_code(job))
+                                     brings_code=get_engine(self.framework).untrusted_code(job),
+                                     progress=self._progress)
             finally:
                 sandbox.close()
             report = dict(result.report)
             report["artifacts"] = {**(report.get("artifacts") or {}), "model": result.artifact}
-            self._set(state="done", message=result.message, filename=result.artifact,
-                      report=report, finished_at=time.time())
+            self._set(state="done", phase="done", progress=1.0, message=result.message,
+                      filename=result.artifact, report=report, finished_at=time.time())
         except SandboxJobFailed as error:
             self._set(state="failed", message=str(error), finished_at=time.time())
         except Exception as error:  # every run ends in a terminal state
             log.exception("local run")
             self._set(state="failed", finished_at=time.time(),
                       message=f"Internal error while pruning: {type(error).__name__}: {error}")
+
+    def _progress(self, phase: str, fraction: float | None) -> None:
+        """What the sandboxed child reports, shown as a server's status shows it."""
+        self._set(phase=phase, progress=fraction)
 
     def _copy_inputs(self) -> dict[str, Path]:
         """Copies of the user's files: the sandbox makes its inputs read-only and links

@@ -9,17 +9,22 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import textwrap
 
 import pytest
 
+from edgeai.pruning.progress import JOB_PHASES
 from tests.e2e.guide import build_mnist_base, write_guide_pytorch_files
 from tests.e2e.server import BIN, LiveServer, free_port
 
 pytestmark = pytest.mark.e2e
 
 PROGRESS_LINE = re.compile(r"^\[\s*\d+\.\ds\] (queued|running|done)\b", re.MULTILINE)
+# A line with the job's phase and fraction, e.g. "[  3.1s] running  pruning  40%".
+PHASE_LINE = re.compile(rf"^\[\s*\d+\.\ds\] running  ({'|'.join(JOB_PHASES)})\s+\d+%$",
+                        re.MULTILINE)
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +70,8 @@ def test_keras_model_pruned_through_the_server_with_the_key_file(server, keras_m
     run = edgeai_prune(keras_model, "-p", "0.4", "-o", tmp_path / "small.h5",
                        "--server", server.url, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
-    assert PROGRESS_LINE.search(run.stdout), run.stdout
-    assert re.search(r"^\[\s*\d+\.\ds\] done", run.stdout, re.MULTILINE), run.stdout
+    assert PHASE_LINE.search(run.stdout), run.stdout
+    assert re.search(r"^\[\s*\d+\.\ds\] done     100%$", run.stdout, re.MULTILINE), run.stdout
     assert f"wrote {tmp_path / 'small.h5'}" in run.stdout
     assert "params 67,190 -> " in run.stdout
     pruned = keras.models.load_model(tmp_path / "small.h5")
@@ -75,6 +80,7 @@ def test_keras_model_pruned_through_the_server_with_the_key_file(server, keras_m
     assert [layer.filters for layer in pruned.layers if hasattr(layer, "filters")] == [19, 38, 19]
 
 
+@pytest.mark.slow  # ~22 s: a PyTorch job also writes a state_dict and a torch.export program
 def test_pytorch_model_pruned_through_the_server_as_json(server, tmp_path):
     files = write_guide_pytorch_files(tmp_path / "user", samples=32)
     run = edgeai_prune("--weights", files["weights"], "--class-def", files["class_def"],
@@ -169,3 +175,34 @@ def test_python_client_as_in_the_issue(server, keras_model, tmp_path, capsys):
     assert refused.value.status_code == 400
     with pytest.raises(AuthError, match="Invalid client id or secret"):
         Client(server.url, server.key["EDGEAI_CLIENT_ID"], "wrong").job(job.txid).status()
+
+
+def test_ctrl_c_off_a_terminal_leaves_the_job_running_and_the_client_cancels_it(
+        server, keras_model, tmp_path):
+    import numpy as np
+
+    from edgeai import Client
+    from edgeai.client import JobFailed
+
+    data = tmp_path / "data.npz"  # fine-tuning on it keeps the job busy until cancelled
+    rng = np.random.default_rng(0)
+    np.savez(data, x=rng.random((2000, 28, 28, 1), np.float32), y=rng.integers(0, 10, 2000))
+    base = {k: v for k, v in os.environ.items() if not k.startswith("EDGEAI_CLIENT")}
+    command = subprocess.Popen(
+        [str(BIN / "edgeai"), "prune", str(keras_model), "-p", "0.4", "--dataset", str(data),
+         "--finetune-epochs", "50", "--server", server.url],
+        cwd=tmp_path, env={**base, **server.key}, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = command.stdout.readline()  # the job is submitted: its first status is shown
+    assert PROGRESS_LINE.match(first), first
+    command.send_signal(signal.SIGINT)
+    _, err = command.communicate(timeout=30)
+    assert command.returncode == 130, err
+    txid = re.search(r"left running on the server: txid (\S+)", err).group(1)
+    job = Client(server.url, server.key["EDGEAI_CLIENT_ID"],
+                 server.key["EDGEAI_CLIENT_SECRET"]).job(txid)
+    assert job.state in ("queued", "running")  # Ctrl-C did not cancel it
+    assert "ancel" in job.cancel()["message"]
+    with pytest.raises(JobFailed, match="cancelled by the client"):
+        job.wait(timeout=60, poll=0.5)
+    assert not list(tmp_path.glob("*.pruned*"))
