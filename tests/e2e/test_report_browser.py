@@ -61,17 +61,18 @@ def finished(server, tmp_path_factory):
     """A done Keras job and a done PyTorch job of one client: {name: status body}."""
     folder = tmp_path_factory.mktemp("report-models")
     headers = server.create_key("report-browser")
-    model = build_mnist_base(folder / "mnist_base.h5")
+    # The PyTorch job first: it runs on the server while this process imports Keras.
     files = write_guide_pytorch_files(folder)
-    with open(model, "rb") as handle:
-        keras_txid = requests.post(f"{server.url}/api/tf_prune?percent=0.4&ommitted=",
-                                   headers=headers, files={"model": ("mnist_base.h5", handle)},
-                                   timeout=60).json()["txid"]
     with open(files["weights"], "rb") as w, open(files["class_def"], "rb") as c:
         torch_txid = requests.post(
             f"{server.url}/api/pt_prune?percent=0.5&ommitted=fc1,fc2&input_size=1,28,28",
             headers=headers, files={"weights": ("mnist_cnn.pth", w),
                                     "class_def": ("model.py", c)}, timeout=60).json()["txid"]
+    model = build_mnist_base(folder / "mnist_base.h5")
+    with open(model, "rb") as handle:
+        keras_txid = requests.post(f"{server.url}/api/tf_prune?percent=0.4&ommitted=",
+                                   headers=headers, files={"model": ("mnist_base.h5", handle)},
+                                   timeout=60).json()["txid"]
     bodies = {"keras": server.wait(keras_txid, headers),
               "pytorch": server.wait(torch_txid, headers)}
     for body in bodies.values():

@@ -9,7 +9,8 @@ import time
 import pytest
 from itsdangerous import URLSafeTimedSerializer
 
-from edgeai.auth import revoke_key
+from edgeai import create_app
+from edgeai.auth import create_key, revoke_key
 from edgeai.queue import claim_next_job, finish_job
 from edgeai.report_page.links import SALT, SECRET_FILE
 
@@ -58,9 +59,11 @@ def submit(client, headers) -> str:
 
 
 def finish(app, txid, filename="tmpabcdefgh.h5", payload=b"pruned-bytes"):
-    """Take the job through the real queue and publish a real artifact."""
+    """Take the job through the real queue and publish a real artifact (rows other
+    tests left queued on the shared app are failed on the way)."""
     database, storage = app.extensions["edgeai.db"], app.extensions["edgeai.storage"]
-    assert claim_next_job(database, "test-worker", max_running=5).txid == txid
+    while (row := claim_next_job(database, "test-worker", max_running=5)).txid != txid:
+        finish_job(database, row.txid, "test-worker", state="failed", message="not this one")
     produced = storage.work_dir(txid) / filename
     produced.write_bytes(payload)
     storage.publish(txid, produced, filename)
@@ -72,6 +75,22 @@ def report_path(client, txid, headers) -> str:
     url = client.get(f"/api/status?txid={txid}", headers=headers).get_json()["report_url"]
     assert url.startswith("http://localhost/report/")
     return url.removeprefix("http://localhost")
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    """One app for the module (each test makes its own keys and jobs): apps migrate a
+    fresh database each, which is most of these tests' time."""
+    shared = create_app({"data_dir": tmp_path_factory.mktemp("report-page") / "var",
+                         "run_jobs": False})
+    yield shared
+    shared.extensions["edgeai.db"].dispose()
+
+
+def issue(app) -> dict:
+    """Headers of a new client of ``app``."""
+    key = create_key(app.extensions["edgeai.db"], "report-page")
+    return {"X-IBM-Client-Id": key.client_id, "X-IBM-Client-Secret": key.client_secret}
 
 
 @pytest.fixture
@@ -167,10 +186,10 @@ def test_revoked_key_closes_its_links(app, client, headers, done):
     not_found(client, done[1])
 
 
-def test_expired_token_404s(make_app, new_key):
+def test_expired_token_404s(make_app):
     app = make_app(report_link_hours=0.0003)  # about one second
     client = app.test_client()
-    key = new_key()
+    key = issue(app)
     txid = submit(client, key)
     path = report_path(client, txid, key)
     assert client.get(path).status_code == 200
@@ -178,19 +197,21 @@ def test_expired_token_404s(make_app, new_key):
     not_found(client, path)
 
 
-def test_secret_file_is_private_and_shared(app, data_dir, client, headers, make_app):
+def test_secret_file_is_private_and_shared(app, client, headers):
     txid = submit(client, headers)
     path = report_path(client, txid, headers)
-    secret = data_dir / SECRET_FILE
-    assert secret.stat().st_mode & 0o777 == 0o600
+    data_dir = app.extensions["edgeai.settings"].data_dir
+    assert (data_dir / SECRET_FILE).stat().st_mode & 0o777 == 0o600
     # Another process on the same data dir (a second gunicorn worker) opens the link.
-    assert make_app().test_client().get(path).status_code == 200
+    second = create_app({"data_dir": data_dir, "run_jobs": False})
+    assert second.test_client().get(path).status_code == 200
+    second.extensions["edgeai.db"].dispose()
 
 
-def test_configured_secret_and_public_url(make_app, new_key, data_dir):
+def test_configured_secret_and_public_url(make_app, data_dir):
     app = make_app(report_secret="s" * 40, public_url="https://edgeai.example.com")
     client = app.test_client()
-    key = new_key()
+    key = issue(app)
     txid = submit(client, key)
     url = client.get(f"/api/status?txid={txid}", headers=key).get_json()["report_url"]
     assert url.startswith("https://edgeai.example.com/report/")
