@@ -99,9 +99,10 @@ def _ticks(low: float, high: float, count: int = 5) -> list[float]:
     return [low + step * index for index in range(count)]
 
 
-def sensitivity_chart(sensitivity: dict[str, Any], width: int = 760,
+def sensitivity_chart(sensitivity: dict[str, Any], metric: str = "metric", width: int = 760,
                       height: int = 320) -> SensitivityChart | None:
-    """The chart of an analysis's ``sensitivity``; None when it has no curves."""
+    """The chart of an analysis's ``sensitivity``; None when it has no curves. ``metric``
+    names the y axis when the analysis does not."""
     ratios = [float(r) for r in sensitivity.get("ratios") or []]
     groups = [g for g in sensitivity.get("groups") or [] if g.get("metric")]
     if not ratios or not groups:
@@ -114,7 +115,7 @@ def sensitivity_chart(sensitivity: dict[str, Any], width: int = 760,
         low, high = low - 0.5, high + 0.5
     chart = SensitivityChart(width=width, height=height, left=60, top=12,
                              plot_width=width - 80, plot_height=height - 50,
-                             metric=str(sensitivity.get("metric") or "metric"),
+                             metric=str(sensitivity.get("metric") or metric),
                              x_ticks=[], y_ticks=[], baseline_y=None)
 
     def x(ratio: float) -> float:

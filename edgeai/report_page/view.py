@@ -7,6 +7,7 @@ rather than shown empty. Values are formatted here; the template only lays them 
 from __future__ import annotations
 
 import datetime
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,15 +100,26 @@ class Page:
     sensitivity: SensitivityChart | None = None
 
 
+def _figure_card(label: str, before: Any, after: Any, fmt: Callable[[Any], str]) -> Card:
+    """Before -> after; the original's figure alone when nothing was made (an analysis)."""
+    if after is None:
+        return Card(label, before="", after=fmt(before), note="the uploaded model")
+    return Card(label, fmt(before), fmt(after), change(before, after), tone=tone(before, after))
+
+
 def _evaluation_card(evaluation: dict[str, Any]) -> Card | None:
     if evaluation.get("before") is None:
         return None
     last = next((evaluation[key] for key, _ in reversed(STAGES[1:])
                  if evaluation.get(key) is not None), None)
+    samples = evaluation.get("samples") or "?"
+    if last is None:
+        return Card(str(evaluation.get("metric") or "metric"), before="", after=figure(
+            evaluation["before"]), note=f"the uploaded model, on {samples} held-out samples")
     return Card(label=str(evaluation.get("metric") or "metric"), before=figure(
         evaluation["before"]), after=figure(last), delta=change(evaluation["before"], last),
         tone=tone(evaluation["before"], last, evaluation.get("higher_is_better") is not False),
-        note=f"on {evaluation.get('samples') or '?'} held-out samples")
+        note=f"on {samples} held-out samples")
 
 
 def _latency_card(speed: dict[str, Any]) -> Card | None:
@@ -123,9 +135,7 @@ def _latency_card(speed: dict[str, Any]) -> Card | None:
 
 def cards(report: dict[str, Any]) -> list[Card]:
     """The summary cards: parameters, MACs, file size, latency and the metric."""
-    made = [Card(label, fmt(report.get(f"{key}_before")), fmt(report.get(f"{key}_after")),
-                 change(report.get(f"{key}_before"), report.get(f"{key}_after")),
-                 tone=tone(report.get(f"{key}_before"), report.get(f"{key}_after")))
+    made = [_figure_card(label, report.get(f"{key}_before"), report.get(f"{key}_after"), fmt)
             for label, key, fmt in (("parameters", "params", count), ("MACs", "macs", count),
                                     ("file size", "file_size", size))
             if report.get(f"{key}_before") is not None]
@@ -156,10 +166,12 @@ def build_page(row: Transaction) -> Page:
     verification = report.get("verification") or {}
     page.checks = [(label, verification[key]) for key, label in
                    (("exactness", "exactness"), ("round_trip", "round trip"))
-                   if verification.get(key)]
+                   if (verification.get(key) or {}).get("passed") is not None
+                   or (verification.get(key) or {}).get("detail")]
     evaluation = report.get("evaluation") or {}
     page.stages = [(label, f"{evaluation[key]:.4g}") for key, label in STAGES
                    if evaluation.get(key) is not None]
     page.layers = layer_chart(report.get("layers") or [])
-    page.sensitivity = sensitivity_chart(report.get("sensitivity") or {})
+    page.sensitivity = sensitivity_chart(report.get("sensitivity") or {},
+                                         evaluation.get("metric") or "metric")
     return page

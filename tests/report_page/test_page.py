@@ -58,7 +58,7 @@ def submit(client, headers) -> str:
     return response.get_json()["txid"]
 
 
-def finish(app, txid, filename="tmpabcdefgh.h5", payload=b"pruned-bytes"):
+def finish(app, txid, filename="tmpabcdefgh.h5", payload=b"pruned-bytes", report=None):
     """Take the job through the real queue and publish a real artifact (rows other
     tests left queued on the shared app are failed on the way)."""
     database, storage = app.extensions["edgeai.db"], app.extensions["edgeai.storage"]
@@ -68,7 +68,7 @@ def finish(app, txid, filename="tmpabcdefgh.h5", payload=b"pruned-bytes"):
     produced.write_bytes(payload)
     storage.publish(txid, produced, filename)
     assert finish_job(database, txid, "test-worker", state="done", message="summary",
-                      filename=filename, report=rich_report(filename))
+                      filename=filename, report=(report or rich_report)(filename))
 
 
 def report_path(client, txid, headers) -> str:
@@ -218,3 +218,35 @@ def test_configured_secret_and_public_url(make_app, data_dir):
     assert not (data_dir / SECRET_FILE).exists()
     signed = URLSafeTimedSerializer("s" * 40, salt=SALT).dumps([txid, key["X-IBM-Client-Id"]])
     assert client.get(f"/report/{signed}").status_code == 200
+
+
+def analysis_report(filename: str) -> dict:
+    """A tf_analyze report as the service stores it: no pruned model, checks not run, the
+    analysis's own metric left unnamed (the evaluation names it)."""
+    unrun = {"passed": None, "max_rel_diff": None, "detail": None}
+    return {
+        "framework": "tensorflow", "percent": 0.0, "params_before": 6378,
+        "macs_before": 305472, "file_size_before": 127913,
+        "verification": {"exactness": unrun, "round_trip": unrun},
+        "evaluation": {"metric": "top1_accuracy", "samples": 40, "before": 1.0},
+        "sensitivity": {"metric": None, "baseline": 1.0, "ratios": [0.1, 0.2, 0.3],
+                        "target": {"metric": "macs", "keep": 0.6}, "plan": {"conv1": 0.2},
+                        "groups": [{"group": "conv1", "members": ["conv1"],
+                                    "metric": [1.0, 0.9, 0.7], "cost": [0.9, 0.8, 0.7]}],
+                        "plan_result": {"cost": 0.57, "metric": 1.0},
+                        "uniform": {"percent": 0.2349, "cost": 0.57, "metric": 0.95}},
+        "artifacts": {"model": filename, "plan": filename},
+    }
+
+
+def test_analysis_page_shows_the_original_the_curves_and_the_plan(app, client, headers):
+    txid = submit(client, headers)
+    finish(app, txid, filename="tmpanalysis.plan.json", report=analysis_report)
+    page = client.get(report_path(client, txid, headers)).get_data(as_text=True)
+    summary = page.split('id="summary"', 1)[1].split("</section>", 1)[0]
+    assert "6.38 k" in summary and "the uploaded model" in summary
+    assert "–" not in summary and "not run" not in summary and "from " not in summary
+    assert "for macs keep 0.6" in summary
+    assert "Sensitivity: top1_accuracy when one group alone" in page
+    assert page.count("<circle") == 1  # conv1's plan ratio on its curve
+    assert 'id="plan-vs-uniform"' in page and "percent=0.2349" in page
