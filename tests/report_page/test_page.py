@@ -11,6 +11,7 @@ from itsdangerous import URLSafeTimedSerializer
 
 from edgeai import create_app
 from edgeai.auth import create_key, revoke_key
+from edgeai.db import Transaction
 from edgeai.queue import claim_next_job, finish_job
 from edgeai.report_page.links import SALT, SECRET_FILE
 
@@ -250,3 +251,14 @@ def test_analysis_page_shows_the_original_the_curves_and_the_plan(app, client, h
     assert "Sensitivity: top1_accuracy when one group alone" in page
     assert page.count("<circle") == 1  # conv1's plan ratio on its curve
     assert 'id="plan-vs-uniform"' in page and "percent=0.2349" in page
+
+
+def test_running_page_shows_phase_and_progress(app, client, headers):
+    txid = submit(client, headers)
+    with app.extensions["edgeai.db"].session() as session:
+        row = session.get(Transaction, txid)
+        row.state, row.phase, row.progress = "running", "pruning", 0.4
+    page = client.get(report_path(client, txid, headers)).get_data(as_text=True)
+    assert "<strong>pruning</strong> · 40%" in page
+    assert '<rect class="after" width="160.0"' in page
+    assert 'http-equiv="refresh"' in page
