@@ -66,6 +66,7 @@ def report_url(txid: str, client_id: str) -> str:
 
 
 def _not_found() -> Response:
+    """The one 404 every unusable token gets."""
     return Response(render_template("report_page/not_found.html"), status=404)
 
 
@@ -118,6 +119,7 @@ def download(token: str):
 
 @blueprint.before_request
 def _nonce() -> None:
+    """A fresh nonce per response for the page's one inline stylesheet."""
     g.style_nonce = secrets.token_urlsafe(16)
 
 

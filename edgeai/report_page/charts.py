@@ -95,6 +95,7 @@ class SensitivityChart:
 
 
 def _ticks(low: float, high: float, count: int = 5) -> list[float]:
+    """``count`` evenly spaced values from ``low`` to ``high``."""
     step = (high - low) / (count - 1)
     return [low + step * index for index in range(count)]
 

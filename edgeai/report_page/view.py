@@ -108,6 +108,7 @@ def _figure_card(label: str, before: Any, after: Any, fmt: Callable[[Any], str])
 
 
 def _evaluation_card(evaluation: dict[str, Any]) -> Card | None:
+    """The metric before and at the job's last stage; None without a dataset."""
     if evaluation.get("before") is None:
         return None
     last = next((evaluation[key] for key, _ in reversed(STAGES[1:])
@@ -123,6 +124,7 @@ def _evaluation_card(evaluation: dict[str, Any]) -> Card | None:
 
 
 def _latency_card(speed: dict[str, Any]) -> Card | None:
+    """The first runtime's latency before and after; None when not measured."""
     rows = [row for row in speed.get("latencies") or [] if row.get("before_ms") is not None]
     if not rows:
         return None
