@@ -74,8 +74,9 @@ def test_unknown_form_fields_are_refused(server):
     with open(server.files["mnist"], "rb") as handle:
         response = tf_submit(server, "?percent=0.4", files={"modle": ("m.h5", handle)})
     assert response.status_code == 400
-    assert response.json()["message"] == ("unknown form field 'modle'; did you mean 'model'? "
-                                          "This call accepts the form fields: model, dataset, plan.")
+    assert response.json()["message"] == (
+        "unknown form field 'modle'; did you mean 'model'? "
+        "This call accepts the form fields: model, dataset, plan.")
     with open(server.files["dataset"], "rb") as handle:
         response = pt_submit(server, "?percent=0.5&input_size=1,28,28",
                              extra={"datasett": ("train_loader.pth", handle)})

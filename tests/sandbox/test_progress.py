@@ -66,20 +66,20 @@ def test_a_valid_progress_file_is_read(tmp_path, content, expected):
 
 ATTACK = textwrap.dedent("""
     import json, os, time
-    def settle():
-        time.sleep(0.6)  # the supervisor looks every 0.2 s
+    def settle(seconds=0.3):
+        time.sleep(seconds)  # the supervisor looks every 0.2 s
     def write(text):
         with open(".tmp", "w") as handle:
             handle.write(text)
         os.replace(".tmp", "progress.json")
-    write('{"phase": "analysing", "progress": 0.2}'); settle()
+    write('{"phase": "analysing", "progress": 0.2}'); settle(0.6)
     write('{"phase": "pruning", "progress": NaN}'); settle()
     write(json.dumps({"phase": "pruning", "progress": 0.3, "pad": "x" * 100000})); settle()
     write('{"phase": "exfiltrating", "progress": 0.4}'); settle()
     os.remove("progress.json"); os.mkfifo("progress.json"); settle()
     os.remove("progress.json"); os.symlink("/etc/passwd", "progress.json"); settle()
     os.remove("progress.json")
-    write('{"phase": "saving", "progress": 0.9}'); settle()
+    write('{"phase": "saving", "progress": 0.9}'); settle(0.6)
 """)
 
 
