@@ -61,7 +61,7 @@ def age_lease(database, txid, seconds=100):
 def test_migrations_are_at_head_and_idempotent(database, tmp_path):
     upgrade_database(database.url, tmp_path)  # again: nothing to do
     with database.session() as session:
-        assert session.scalar(text("SELECT version_num FROM alembic_version")) == "0002"
+        assert session.scalar(text("SELECT version_num FROM alembic_version")) == "0003"
         assert session.scalar(select(db_now())) == pytest.approx(time.time(), abs=5)
 
 
@@ -203,5 +203,5 @@ def test_concurrent_migrations_on_postgresql_take_turns(pg_url, tmp_path):
     assert errors == []
     database = Database(pg_url)
     with database.session() as session:
-        assert session.scalar(text("SELECT version_num FROM alembic_version")) == "0002"
+        assert session.scalar(text("SELECT version_num FROM alembic_version")) == "0003"
     database.dispose()
