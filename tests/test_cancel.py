@@ -128,3 +128,20 @@ def test_progress_is_written_under_the_lease_only(database):
     assert finish_job(database, txid, "w1", lease=claimed.lease_token, state="failed",
                       message="export broke")
     assert (row(database, txid).phase, row(database, txid).progress) == ("exporting", 0.8)
+
+
+def test_the_runner_writes_progress_at_most_once_a_second(database, monkeypatch):
+    """The sandbox calls the writer several times a second; a change is written at once
+    after a quiet spell, then not again until the interval passed, and then the latest."""
+    from edgeai import runner
+
+    monkeypatch.setattr(runner, "PROGRESS_WRITE_SECONDS", 0.3)
+    txid = queue_one(database)
+    writer = runner._ProgressWriter(database, claim_next_job(database, "w1", 0).lease_token)
+    writer("analysing", 0.1)
+    writer("pruning", 0.2)
+    writer("verifying", 0.3)
+    assert (row(database, txid).phase, row(database, txid).progress) == ("analysing", 0.1)
+    time.sleep(0.35)
+    writer("verifying", 0.3)
+    assert (row(database, txid).phase, row(database, txid).progress) == ("verifying", 0.3)
