@@ -496,13 +496,15 @@ class Sandbox:
             fd = os.open(child.slot / "result.json", os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError:
             raise JobFailed(self._death_reason(child, "the pruning process crashed")) from None
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_RESULT_BYTES:
+            # Checked before fdopen: a directory named result.json must not raise there.
+            os.close(fd)
+            raise JobFailed("The pruning process wrote an unusable result.")
         with os.fdopen(fd, "rb") as handle:
-            info = os.fstat(handle.fileno())
-            if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_RESULT_BYTES:
-                raise JobFailed("The pruning process wrote an unusable result.")
             try:
                 payload = json.loads(handle.read(MAX_RESULT_BYTES))
-            except ValueError:
+            except (ValueError, RecursionError):
                 raise JobFailed("The pruning process wrote an unreadable result.") from None
         if not isinstance(payload, dict):
             raise JobFailed("The pruning process wrote an unreadable result.")

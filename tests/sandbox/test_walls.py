@@ -331,6 +331,13 @@ def test_outputs_that_point_elsewhere_are_not_collected(server, tmp_path):
     """, tmp_path)
     assert returned.startswith("FAILED: Pruning failed: the pruning process crashed")
     server.assert_contained(returned)
+    returned = server.run("""
+        import os
+        slot = os.path.dirname(job.output_dir)
+        os.mkdir(os.path.join(slot, 'result.json'))
+        os._exit(0)
+    """, tmp_path)
+    assert returned == "FAILED: The pruning process wrote an unusable result."
 
 
 def test_an_input_cannot_be_changed_or_linked_out(server, tmp_path):
