@@ -1,4 +1,5 @@
-# edgeai — `make run` serves on 127.0.0.1:5000, `make test` runs every test.
+# edgeai — `make run` serves on 127.0.0.1:5000; `make test` lints and runs every test but
+# the slow ones (under 15 min on 2 cores); `make test-slow` runs those (CI runs both).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -7,7 +8,7 @@ PORT ?= 5000
 WORKERS ?= 2
 STAMP := $(VENV)/.installed
 
-.PHONY: install run worker test test-fast lint bench bench-scaleout clean
+.PHONY: install run worker test test-slow test-fast lint bench bench-scaleout clean
 
 install: $(STAMP)
 
@@ -36,10 +37,16 @@ lint: install
 	$(BIN)/python -m tests.check_torch_load edgeai
 
 test: lint
-	$(BIN)/python -m pytest -q --durations=15
+	$(BIN)/python -m pytest -q --durations=15 -m "not slow"
 
+# Model families, 25 concurrent clients, crash/restart, the multi-host cluster, Keras 2
+# files, the wheel: minutes each; CI runs them after `make test`.
+test-slow: install
+	$(BIN)/python -m pytest -q --durations=15 -m slow
+
+# The inner loop: no gunicorn, no slow cases.
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow and not e2e"
 
 bench: install
 	$(BIN)/python -m bench

@@ -9,7 +9,7 @@ import requests
 
 from tests.pruning.test_accuracy import Digits
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = pytest.mark.e2e
 
 
 def test_analyze_then_prune_with_the_plan_and_data(live_server, tmp_path):

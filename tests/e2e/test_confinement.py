@@ -21,7 +21,7 @@ import requests
 
 from tests.e2e.guide import build_mnist_base, write_guide_pytorch_files
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow,
+pytestmark = [pytest.mark.e2e,
               pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox's view and identity "
                                  "drop need the server to run as root here")]
 

@@ -8,7 +8,7 @@ import requests
 
 from tests.e2e.guide import build_mnist_base, write_guide_pytorch_files
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = pytest.mark.e2e
 
 
 def download(server, txid, headers, fmt, dest):

@@ -25,7 +25,7 @@ from tests.e2e import hostile_files as hf
 from tests.e2e.guide import GUIDE_NET_SOURCE, write_guide_pytorch_files
 from tests.e2e.server import LiveServer
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = pytest.mark.e2e
 
 JOB_TIMEOUT = 20
 JOB_MEMORY_MB = 3072
@@ -488,16 +488,17 @@ def test_hostile_txid_is_refused(server, headers, other_clients_txid, label, rou
 
 
 def test_nothing_written_outside_transaction_folders(server, kit):
-    """After every case: the data dir holds only the database, ``jobs/<uuid>/{inputs,result}``
+    """After every case: the data dir holds only the database, the report links' signing
+    secret, ``jobs/<uuid>/{inputs,result}``
     with server-made names, and sandbox/incoming scratch; no hostile name anywhere around it;
     no canary anywhere."""
     data = server.data_dir
-    input_name = re.compile(r"^(model|weights|class_def|dataset)\.upload$")
+    input_name = re.compile(r"^(model|weights|class_def|dataset|plan)\.upload$")
     result_name = re.compile(r"^tmp[a-z0-9_]{8}\.[a-z0-9]+$")
     for path in hf.files_under(data):
         parts = path.relative_to(data).parts
         if len(parts) == 1:
-            assert parts[0].startswith(("edgeai.sqlite3", ".migrate.lock")), path
+            assert parts[0].startswith(("edgeai.sqlite3", ".migrate.lock", "report-secret")), path
             continue
         assert parts[0] in ("jobs", "sandbox", "incoming"), path
         if parts[0] == "jobs":

@@ -25,7 +25,7 @@ from schemathesis.specs.openapi.checks import (  # noqa: E402
 
 from tests.e2e.server import LiveServer  # noqa: E402
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = pytest.mark.e2e
 
 CHECKS = [not_a_server_error, status_code_conformance, response_schema_conformance]
 BOUNDED = settings(max_examples=25, deadline=None, derandomize=True,

@@ -16,7 +16,7 @@ import requests
 from tests.e2e.guide import build_mnist_base, write_guide_pytorch_files
 from tests.e2e.server import LiveServer
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")

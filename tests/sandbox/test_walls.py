@@ -563,7 +563,6 @@ OTHER_LOADERS = {
 }
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("loader", list(OTHER_LOADERS))
 def test_other_untrusted_loaders_are_contained_without_their_checks(server, tmp_path, loader):
     """Pickles, SavedModel graphs and Keras Lambda layers run with no inspection in front
