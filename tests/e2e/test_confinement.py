@@ -12,6 +12,7 @@ shows the fail-closed path: code is refused, plain Keras files still run.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import textwrap
 import uuid
@@ -90,8 +91,15 @@ def everything_returned(server, txid, headers, class_dir=None) -> bytes:
 
     import torch
 
-    returned = requests.get(f"{server.url}/api/status", params={"txid": txid},
-                            headers=headers, timeout=30).content
+    status = requests.get(f"{server.url}/api/status", params={"txid": txid},
+                          headers=headers, timeout=30).json()
+    # The report link is signed with the time it was made: not part of the comparison, but
+    # the page it opens is something the client gets back, so an attacker's share of it
+    # is checked with the rest.
+    report_url = status.pop("report_url", None)
+    returned = json.dumps(status, sort_keys=True).encode()
+    if class_dir and report_url:
+        returned += requests.get(report_url, timeout=30).content
     for fmt in (None, "state_dict", "pt2"):
         params = {"txid": txid, **({"format": fmt} if fmt else {})}
         response = requests.get(f"{server.url}/api/download", params=params, headers=headers,
