@@ -63,7 +63,7 @@ def add_prune_parser(groups: Any) -> None:
                      "in [0, 1): 0.4 removes 40%%")
     how.add_argument("--target", help="keep this fraction of params or MACs, e.g. macs:0.5")
     how.add_argument("--plan", type=Path, help="per-group plan .json (from an analysis)")
-    what = prune.add_argument_group("options")
+    what = prune.add_argument_group("what to write and keep")
     what.add_argument("-o", "--output", type=Path,
                       help="file (or folder) to write; default MODEL.pruned.<ext> here")
     what.add_argument("--format", help="file to produce: model (default); tflite, "
