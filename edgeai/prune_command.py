@@ -274,7 +274,8 @@ def interrupted(job: Any, on_server: bool) -> None:
 
 
 def summary(status: Mapping[str, Any], output: Path, seconds: float) -> str:
-    """The lines printed after a job: what shrank by how much, and the file written."""
+    """The lines printed after a job: what shrank by how much, the file written, and
+    (from a server) the report page's link, to open or send to a colleague."""
     report = status.get("report") or {}
     parts = []
     for key, label in (("params", "params"), ("macs", "MACs"), ("file_size", "file bytes")):
@@ -282,7 +283,8 @@ def summary(status: Mapping[str, Any], output: Path, seconds: float) -> str:
         if isinstance(before, (int, float)) and isinstance(after, (int, float)) and before:
             parts.append(f"{label} {before:,.0f} -> {after:,.0f} ({after / before - 1:+.0%})")
     head = f"done in {seconds:.1f} s" + (": " + ", ".join(parts) if parts else "")
-    return f"{head}\nwrote {output}"
+    link = status.get("report_url")
+    return f"{head}\nwrote {output}" + (f"\nreport: {link}" if link else "")
 
 
 def run_prune(args: argparse.Namespace) -> int:

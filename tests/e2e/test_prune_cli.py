@@ -14,6 +14,7 @@ import subprocess
 import textwrap
 
 import pytest
+import requests
 
 from edgeai.pruning.progress import JOB_PHASES
 from tests.e2e.guide import build_mnist_base, write_guide_pytorch_files
@@ -74,6 +75,10 @@ def test_keras_model_pruned_through_the_server_with_the_key_file(server, keras_m
     assert re.search(r"^\[\s*\d+\.\ds\] done     100%$", run.stdout, re.MULTILINE), run.stdout
     assert f"wrote {tmp_path / 'small.h5'}" in run.stdout
     assert "params 67,190 -> " in run.stdout
+    link = re.search(r"^report: (http://\S+/report/\S+)$", run.stdout, re.MULTILINE)
+    assert link, run.stdout
+    page = requests.get(link.group(1), timeout=30)  # no API headers: the link is the key
+    assert page.status_code == 200 and "Pruning report" in page.text
     pruned = keras.models.load_model(tmp_path / "small.h5")
     original = keras.models.load_model(keras_model)
     assert pruned.count_params() < original.count_params()
