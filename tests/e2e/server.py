@@ -23,7 +23,47 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-class LiveServer:
+class GuideClient:
+    """What a test does as a client of a running server (``url``): make a key, and ask
+    for a transaction's status the guide's way until it ends. A server class supplies
+    ``key_env`` (where ``edgeai keys create`` writes); ``restarts = True`` reads a refused
+    connection while polling as an API being restarted, not as a failure."""
+
+    url: str
+    restarts = False
+
+    def key_env(self) -> dict[str, str]:
+        """The environment ``edgeai keys create`` runs in."""
+        raise NotImplementedError
+
+    def create_key(self, name: str = "e2e") -> dict[str, str]:
+        """Create a key with the real CLI; return the headers a client sends."""
+        out = subprocess.run([str(BIN / "edgeai"), "keys", "create", name], env=self.key_env(),
+                             check=True, capture_output=True, text=True, cwd=REPO).stdout
+        key = json.loads(out)
+        return {"X-IBM-Client-Id": key["client_id"], "X-IBM-Client-Secret": key["client_secret"]}
+
+    def status(self, txid: str, headers: dict) -> dict:
+        """GET /api/status/?txid= as the guide does."""
+        return requests.get(f"{self.url}/api/status/", params={"txid": txid}, headers=headers,
+                            timeout=30).json()
+
+    def wait(self, txid: str, headers: dict, timeout: float = 300) -> dict:
+        """Poll status until done or failed; return the last body."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                body = self.status(txid, headers)
+            except requests.RequestException:
+                if not self.restarts:
+                    raise
+                body = {"status": "?"}
+            if body["status"] in ("0", "-1") or time.monotonic() > deadline:
+                return body
+            time.sleep(0.2)
+
+
+class LiveServer(GuideClient):
     """Start, stop and kill a gunicorn with ``workers`` processes on ``data_dir``."""
 
     def __init__(self, data_dir: Path, workers: int = 2, **env: str):
@@ -73,24 +113,6 @@ class LiveServer:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(30)
 
-    def create_key(self, name: str = "e2e") -> dict[str, str]:
-        """Create a key with the real CLI; return the headers a client sends."""
-        env = dict(os.environ, EDGEAI_DATA_DIR=str(self.data_dir), **self.env)
-        out = subprocess.run([str(BIN / "edgeai"), "keys", "create", name], env=env,
-                             check=True, capture_output=True, text=True, cwd=REPO).stdout
-        key = json.loads(out)
-        return {"X-IBM-Client-Id": key["client_id"], "X-IBM-Client-Secret": key["client_secret"]}
-
-    def status(self, txid: str, headers: dict) -> dict:
-        """GET /api/status/?txid= as the guide does."""
-        return requests.get(f"{self.url}/api/status/", params={"txid": txid}, headers=headers,
-                            timeout=30).json()
-
-    def wait(self, txid: str, headers: dict, timeout: float = 300) -> dict:
-        """Poll status until done or failed; return the last body."""
-        deadline = time.monotonic() + timeout
-        while True:
-            body = self.status(txid, headers)
-            if body["status"] in ("0", "-1") or time.monotonic() > deadline:
-                return body
-            time.sleep(0.2)
+    def key_env(self) -> dict[str, str]:
+        """The environment ``edgeai keys create`` runs in: this server's data dir."""
+        return dict(os.environ, EDGEAI_DATA_DIR=str(self.data_dir), **self.env)

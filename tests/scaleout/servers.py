@@ -27,7 +27,7 @@ from pathlib import Path
 import requests
 from botocore.exceptions import BotoCoreError, ClientError
 
-from tests.e2e.server import REPO, free_port
+from tests.e2e.server import REPO, GuideClient, free_port
 
 BIN = Path(sys.executable).parent
 
@@ -217,13 +217,15 @@ class SeaweedServer:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-class Cluster:
+class Cluster(GuideClient):
     """An API (``edgeai serve --api-only``) and ``edgeai worker`` processes sharing one
     database and one store; every process has its own data dir (its "host's" disk).
 
-    Offers what the e2e tests' LiveServer does (``url``, ``create_key``, ``status``,
-    ``wait``), so the guide's walk-throughs run against it unchanged.
+    A :class:`GuideClient` like the e2e tests' LiveServer, so the guide's walk-throughs
+    run against it unchanged; the API is restarted in some tests (``restarts``).
     """
+
+    restarts = True
 
     def __init__(self, root: Path, database_url: str, storage_url: str, s3_env: dict[str, str],
                  **env: str):
@@ -325,30 +327,10 @@ class Cluster:
                 time.sleep(0.2)
 
     # -- what clients do ---------------------------------------------------
-    def create_key(self, name: str = "e2e") -> dict[str, str]:
-        """Create a key with the real CLI; return the headers a client sends."""
-        out = subprocess.run([str(BIN / "edgeai"), "keys", "create", name],
-                             env={**self.env, "EDGEAI_DATA_DIR": str(self.root / "admin")},
-                             check=True, capture_output=True, text=True, cwd=REPO).stdout
-        key = json.loads(out)
-        return {"X-IBM-Client-Id": key["client_id"], "X-IBM-Client-Secret": key["client_secret"]}
-
-    def status(self, txid: str, headers: dict) -> dict:
-        """GET /api/status/?txid= as the guide does."""
-        return requests.get(f"{self.url}/api/status/", params={"txid": txid}, headers=headers,
-                            timeout=30).json()
-
-    def wait(self, txid: str, headers: dict, timeout: float = 300) -> dict:
-        """Poll status until done or failed; return the last body."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                body = self.status(txid, headers)
-            except requests.RequestException:  # the API is being restarted
-                body = {"status": "?"}
-            if body["status"] in ("0", "-1") or time.monotonic() > deadline:
-                return body
-            time.sleep(0.2)
+    def key_env(self) -> dict[str, str]:
+        """``edgeai keys create`` writes the key to the shared database, from an admin's
+        own data dir."""
+        return {**self.env, "EDGEAI_DATA_DIR": str(self.root / "admin")}
 
     def stop(self) -> None:
         """Stop every process (workers hand back their jobs) and close the logs."""
