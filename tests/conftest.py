@@ -1,5 +1,5 @@
 """Shared fixtures: a temporary data dir (real SQLite file, real folders) per test,
-an app factory, a client, and API keys."""
+an app factory, a client, API keys, and a migrated queue database."""
 from __future__ import annotations
 
 import os
@@ -11,6 +11,7 @@ import pytest
 
 from edgeai import create_app
 from edgeai.auth import create_key
+from edgeai.db import Database, upgrade_database
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # One compute thread per framework, as the sandbox gives each job: on this 2-core
@@ -97,3 +98,13 @@ def wait_for_status(client, txid, headers, timeout=300.0, done=("0", "-1")):
         if body["status"] in done or time.monotonic() > deadline:
             return body
         time.sleep(0.1)
+
+
+@pytest.fixture
+def database(tmp_path):
+    """A real SQLite queue database, migrated as the service migrates it."""
+    url = f"sqlite:///{tmp_path}/queue.sqlite3"
+    upgrade_database(url, tmp_path)
+    db = Database(url)
+    yield db
+    db.dispose()

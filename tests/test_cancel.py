@@ -14,7 +14,7 @@ import uuid
 import pytest
 from sqlalchemy import text
 
-from edgeai.db import Database, Transaction, upgrade_database
+from edgeai.db import Transaction
 from edgeai.queue import (
     CANCELLED,
     cancel_job,
@@ -26,15 +26,6 @@ from edgeai.queue import (
     release,
 )
 from edgeai.storage import LocalStorage
-
-
-@pytest.fixture
-def database(tmp_path):
-    url = f"sqlite:///{tmp_path}/queue.sqlite3"
-    upgrade_database(url, tmp_path)
-    db = Database(url)
-    yield db
-    db.dispose()
 
 
 @pytest.fixture

@@ -5,20 +5,10 @@ import multiprocessing
 import time
 import uuid
 
-import pytest
 from sqlalchemy import select
 
-from edgeai.db import Database, Transaction, upgrade_database
+from edgeai.db import Database, Transaction
 from edgeai.queue import claim_next_job, finish_job, recover_stale_jobs
-
-
-@pytest.fixture
-def database(tmp_path):
-    url = f"sqlite:///{tmp_path}/queue.sqlite3"
-    upgrade_database(url, tmp_path)
-    db = Database(url)
-    yield db
-    db.dispose()
 
 
 def queue(database, n, owner="c"):
