@@ -37,6 +37,19 @@ def server(tmp_path_factory):
     live.stop()
 
 
+def prune_keras(server, model, path):
+    """Save ``model`` to ``path``, prune it at 0.4 through the service, and return the
+    finished job's status (asserted done)."""
+    model.save(path)
+    with open(path, "rb") as handle:
+        response = requests.post(f"{server.url}/api/tf_prune?percent=0.4&measure=false",
+                                 headers=server.headers,
+                                 files={"model": (path.name, handle)}, timeout=120)
+    status = server.wait(response.json()["txid"], server.headers, timeout=600)
+    assert status["status"] == "0", status["message"]
+    return status
+
+
 def fetch(server, txid, dest):
     response = requests.get(f"{server.url}/api/download", params={"txid": txid},
                             headers=server.headers, timeout=120)
@@ -53,14 +66,7 @@ def test_keras_family(server, tmp_path, family):
     shape = KERAS_FAMILIES[family].get("input_shape", (96, 96, 3))
     keras.utils.set_random_seed(0)
     model = getattr(keras.applications, family)(weights=None, input_shape=shape, classes=10)
-    path = tmp_path / f"{family}.keras"
-    model.save(path)
-    with open(path, "rb") as handle:
-        response = requests.post(f"{server.url}/api/tf_prune?percent=0.4&measure=false",
-                                 headers=server.headers,
-                                 files={"model": (path.name, handle)}, timeout=120)
-    status = server.wait(response.json()["txid"], server.headers, timeout=600)
-    assert status["status"] == "0", status["message"]
+    status = prune_keras(server, model, tmp_path / f"{family}.keras")
     report = status["report"]
     assert report["params_after"] <= 0.8 * report["params_before"], report["params_after"]
     pruned = keras.saving.load_model(fetch(server, status["txid"], tmp_path / status["filename"]))
@@ -123,14 +129,7 @@ def test_keras_bidirectional_lstm_tagger(server, tmp_path):
 
     keras.utils.set_random_seed(0)
     model, shape = bilstm_tagger()
-    path = tmp_path / "tagger.keras"
-    model.save(path)
-    with open(path, "rb") as handle:
-        response = requests.post(f"{server.url}/api/tf_prune?percent=0.4&measure=false",
-                                 headers=server.headers,
-                                 files={"model": (path.name, handle)}, timeout=120)
-    status = server.wait(response.json()["txid"], server.headers, timeout=600)
-    assert status["status"] == "0", status["message"]
+    status = prune_keras(server, model, tmp_path / "tagger.keras")
     report = status["report"]
     assert report["verification"]["exactness"]["passed"] is True
     assert report["params_after"] <= 0.8 * report["params_before"], report["layers"]
