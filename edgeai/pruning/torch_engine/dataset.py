@@ -119,7 +119,9 @@ def load_dataset(path: str, client_name: str) -> tuple[torch.Tensor, torch.Tenso
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001 - not plain tensors: try the DataLoader allow-list
         try:
-            obj = torch.load(  # sandboxed restricted unpickler: find_class allow-list
+            # Only here, in the sandboxed job child, and only through the restricted
+            # unpickler: its find_class allows the DataLoader classes and nothing else.
+            obj = torch.load(
                 path, map_location="cpu", weights_only=False, pickle_module=restricted_pickle)
         except UnsafeInputError:
             raise

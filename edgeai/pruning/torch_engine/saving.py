@@ -69,7 +69,7 @@ def load_back(out_dir: str, artifacts: dict[str, str | None], pruned: nn.Module,
               ) -> dict[str, Any]:
     """The state_dict, loaded with ``weights_only=True`` into the pruned architecture,
     and the pt2 program, loaded with ``torch.export.load``. (The main file unpickles
-    the user's class, as ``torch.load(weights_only=False)`` does on the user's side;
+    the user's class, as the guide's full-model load does on the user's side;
     it holds the same tensors as the state_dict.)"""
     models: dict[str, Any] = {}
     if artifacts.get("state_dict"):
