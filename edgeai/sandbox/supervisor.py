@@ -84,32 +84,53 @@ def sandbox_user() -> tuple[int, int] | None:
 ProgressListener = Callable[[str, "float | None"], None]
 
 
+class SlotFileError(Exception):
+    """A file the child left in its slot cannot be taken: ``kind`` is "missing",
+    "unusable" (not a plain file, or too big) or "unreadable" (not JSON)."""
+
+    def __init__(self, kind: str):
+        super().__init__(kind)
+        self.kind = kind
+
+
+def read_slot_json(path: Path, limit: int) -> Any:
+    """The JSON in ``path``, a file the child wrote: untrusted, so opened without
+    following a link or blocking on a pipe, and taken only as a plain file of at most
+    ``limit`` bytes. Raises :class:`SlotFileError` saying what was wrong."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        raise SlotFileError("missing") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
+            raise SlotFileError("unusable")
+        chunks, size = [], 0
+        while size <= limit and (chunk := os.read(fd, limit + 1 - size)):
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError:
+        raise SlotFileError("unusable") from None
+    finally:
+        os.close(fd)
+    if size > limit:  # it grew after the fstat
+        raise SlotFileError("unusable")
+    try:
+        return json.loads(b"".join(chunks))
+    except (ValueError, RecursionError):
+        raise SlotFileError("unreadable") from None
+
+
 def read_progress(slot: Path) -> tuple[str, float | None] | None:
     """The child's ``progress.json`` in ``slot`` as (phase, fraction), or None when it
-    is missing or anything about it is off.
-
-    The child runs hostile code, so the file is untrusted: opened without following
-    a link or blocking on a pipe, a plain file of at most :data:`MAX_PROGRESS_BYTES`,
-    a JSON object whose ``phase`` is one of the pipeline's
+    is missing or anything about it is off: read by :func:`read_slot_json` (at most
+    :data:`MAX_PROGRESS_BYTES`), a JSON object whose ``phase`` is one of the pipeline's
     (:data:`edgeai.pruning.progress.JOB_PHASES`) and whose ``progress`` is null or a
     finite number in [0, 1]. Anything else is ignored, never an error.
     """
     try:
-        fd = os.open(slot / "progress.json", os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_PROGRESS_BYTES:
-            return None
-        raw = os.read(fd, MAX_PROGRESS_BYTES + 1)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    try:
-        payload = json.loads(raw) if len(raw) <= MAX_PROGRESS_BYTES else None
-    except (ValueError, RecursionError):
+        payload = read_slot_json(slot / "progress.json", MAX_PROGRESS_BYTES)
+    except SlotFileError:
         return None
     if not isinstance(payload, dict) or payload.get("phase") not in JOB_PHASES:
         return None
@@ -491,21 +512,15 @@ class Sandbox:
                                 "(EDGEAI_JOB_MEMORY_MB) and was stopped.")
 
     def _read_result(self, child: _Child) -> dict[str, Any]:
-        """The child's ``result.json``: a plain file, not a link, of bounded size."""
+        """The child's ``result.json``, read by :func:`read_slot_json` (at most
+        :data:`MAX_RESULT_BYTES`) and a JSON object, or the job fails saying why."""
         try:
-            fd = os.open(child.slot / "result.json", os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-        except OSError:
-            raise JobFailed(self._death_reason(child, "the pruning process crashed")) from None
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_RESULT_BYTES:
-            # Checked before fdopen: a directory named result.json must not raise there.
-            os.close(fd)
-            raise JobFailed("The pruning process wrote an unusable result.")
-        with os.fdopen(fd, "rb") as handle:
-            try:
-                payload = json.loads(handle.read(MAX_RESULT_BYTES))
-            except (ValueError, RecursionError):
-                raise JobFailed("The pruning process wrote an unreadable result.") from None
+            payload = read_slot_json(child.slot / "result.json", MAX_RESULT_BYTES)
+        except SlotFileError as error:
+            if error.kind == "missing":
+                raise JobFailed(self._death_reason(child, "the pruning process crashed")) \
+                    from None
+            raise JobFailed(f"The pruning process wrote an {error.kind} result.") from None
         if not isinstance(payload, dict):
             raise JobFailed("The pruning process wrote an unreadable result.")
         return payload
