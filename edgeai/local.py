@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from edgeai.client import JobFailed, ProgressCallback, as_callback, job_state
+from edgeai.db.models import STATUS_CODES
 
 log = logging.getLogger(__name__)
-STATUS_CODES = {"queued": "1", "running": "2", "done": "0", "failed": "-1"}
 
 
 def checked_params(framework: str, files: Mapping[str, Path],
