@@ -121,7 +121,7 @@ def load_dataset(path: str, client_name: str) -> tuple[torch.Tensor, torch.Tenso
         try:
             # Only here, in the sandboxed job child, and only through the restricted
             # unpickler: its find_class allows the DataLoader classes and nothing else.
-            obj = torch.load(
+            obj = torch.load(  # sandboxed restricted unpickler: find_class allow-list
                 path, map_location="cpu", weights_only=False, pickle_module=restricted_pickle)
         except UnsafeInputError:
             raise
