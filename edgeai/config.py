@@ -109,6 +109,19 @@ def _public_url(env: Mapping[str, str]) -> str:
     return url
 
 
+def _uid_range(env: Mapping[str, str]) -> str:
+    """``EDGEAI_SANDBOX_UIDS``: an inclusive range of uids, one per job running at once."""
+    from edgeai.sandbox.seats import DEFAULT_UIDS, parse_uid_range
+
+    text = env.get("EDGEAI_SANDBOX_UIDS", DEFAULT_UIDS).strip()
+    try:
+        parse_uid_range(text)
+    except ValueError:
+        raise ConfigError(f"EDGEAI_SANDBOX_UIDS={text!r}; allowed: an inclusive range of "
+                          f"uids no other user has, e.g. {DEFAULT_UIDS}") from None
+    return text
+
+
 def is_postgresql(database_url: str) -> bool:
     """Whether ``database_url`` names a PostgreSQL database (as opposed to a SQLite file)."""
     return database_url.startswith("postgresql")
@@ -130,6 +143,8 @@ class Settings:
     job_timeout: int = 1800
     job_memory_mb: int = 8192
     job_threads: int = 1
+    job_disk_mb: int = 0
+    sandbox_uids: str = "64000-64063"
     max_attempts: int = 3
     heartbeat_seconds: float = 2.0
     stale_seconds: float = 30.0
@@ -195,6 +210,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         job_timeout=_int(env, "EDGEAI_JOB_TIMEOUT", 1800, 1),
         job_memory_mb=_int(env, "EDGEAI_JOB_MEMORY_MB", 8192, 256),
         job_threads=_int(env, "EDGEAI_JOB_THREADS", 1, 1),
+        # 0: sized to the job, four times its uploads plus 1 GB.
+        job_disk_mb=_int(env, "EDGEAI_JOB_DISK_MB", 0, 0),
+        sandbox_uids=_uid_range(env),
         max_attempts=_int(env, "EDGEAI_MAX_ATTEMPTS", 3, 1),
         heartbeat_seconds=_float(env, "EDGEAI_HEARTBEAT_SECONDS", 2.0, 0.05),
         stale_seconds=_float(env, "EDGEAI_STALE_SECONDS", 30.0, 0.2),

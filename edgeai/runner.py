@@ -61,7 +61,8 @@ def sandbox_for(settings: Settings) -> Sandbox:
         hidden.append(Path(settings.database_url.removeprefix("sqlite:///")))
     return Sandbox(Path(settings.data_dir) / "sandbox", limits_from_settings(settings),
                    warm_spares=settings.warm_spares, mode=settings.sandbox,
-                   skip=settings.sandbox_skip, hidden=tuple(str(p) for p in hidden))
+                   skip=settings.sandbox_skip, hidden=tuple(str(p) for p in hidden),
+                   uids=settings.sandbox_uids)
 
 
 @dataclass
@@ -127,7 +128,7 @@ class JobRunner:
         """Recover stale rows, start the spares, the dispatcher and the heartbeat."""
         recover_stale_jobs(self.database, self.settings.stale_seconds, self.settings.max_attempts)
         self.sandbox.probe()
-        self.sandbox.prepare_spares(FRAMEWORKS)
+        self.sandbox.prepare(FRAMEWORKS)
         register_worker(self.database, self.claimer, self.role, self.settings.worker_threads)
         for target, name in ((self._dispatch_loop, "edgeai-dispatch"),
                              (self._heartbeat_loop, "edgeai-heartbeat")):

@@ -27,6 +27,12 @@ class Engine(ABC):
     def warm_up(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Import the framework ahead of a job (called in a spare child process)."""
 
+    def preload(self) -> bool:
+        """Import the framework in a zygote (:mod:`edgeai.sandbox.zygote`) without
+        starting a thread: forking a process with threads is unsafe. Returns whether
+        that warmed the engine fully (then a forked child skips :meth:`warm_up`'s work)."""
+        return False
+
     def untrusted_code(self, job: PruneJob) -> str | None:
         """What in ``job``'s inputs would run as code once loaded (a class file, a
         SavedModel graph, a pickle), in words for the user; None if nothing would.

@@ -211,3 +211,22 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(item) for item in value]
     return value
+
+
+# -- stand-in until the typed checker lands ---------------------------------------------
+class ReportRejected(ValueError):
+    """An untrusted report did not pass the checks; ``str()`` says why."""
+
+
+def clean_text(value: object, limit: int) -> str:
+    """``value`` as text without control characters (newline and tab kept), bounded."""
+    text = "".join(ch for ch in str(value) if ch in "\n\t" or (ord(ch) >= 32 and ord(ch) != 127
+                                                               and not 128 <= ord(ch) < 160))
+    return text if len(text) <= limit else text[:limit] + f" ... [{len(text) - limit} more]"
+
+
+def check_report(data: Any) -> dict[str, Any]:
+    """Stand-in: a report must be a JSON object."""
+    if not isinstance(data, dict):
+        raise ReportRejected("report: expected an object")
+    return dict(data)

@@ -4,11 +4,15 @@
 ``confine``     the walls a child builds around itself (namespaces, view, identity)
 ``landlock``    the kernel's path allow-list, as a second file-system wall
 ``seccomp``     the system calls a job may not make
-``supervisor``  starting children, handing them jobs, collecting what they made
+``seats``       a uid and cores of its own for every running job
+``disk``        a job's own disk: an ext4 image the child mounts
+``zygote``      a fork server per framework: a fresh process per job in milliseconds
+``channel``     the one way anything comes back from a job: a framed, bounded pipe
+``supervisor``  starting children, handing them jobs, taking back what they made
 ``child``       the child's side of the protocol
+``removal``     deleting any tree without recursion or following links
 """
 from edgeai.sandbox.limits import Limits, limits_from_settings
-from edgeai.sandbox.supervisor import JobFailed, Sandbox, missing_walls, sandbox_user
+from edgeai.sandbox.supervisor import JobFailed, Sandbox, missing_walls
 
-__all__ = ["JobFailed", "Limits", "Sandbox", "limits_from_settings", "missing_walls",
-           "sandbox_user"]
+__all__ = ["JobFailed", "Limits", "Sandbox", "limits_from_settings", "missing_walls"]

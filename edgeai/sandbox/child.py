@@ -1,14 +1,15 @@
-"""Entry point of a sandbox child: ``python -m edgeai.sandbox.child SETTINGS [--probe]``.
+"""A sandbox child: confine, warm up, run one job, hand everything back on the channel.
 
-Protocol with :mod:`edgeai.sandbox.supervisor`: ``SETTINGS`` is JSON with the
-framework, the confinement spec and an optional ``entry``. The child confines
-itself first (:func:`edgeai.sandbox.confine.confine`), then imports its framework
-(so that a job handed to it later starts warm) and writes ``ready <confinement
-report as JSON>`` on stdout. It reads exactly one job as a JSON line on stdin,
-runs it in its slot and writes ``result.json`` there, then exits: a child never
-serves two jobs. While the job runs, its phase and fraction done
-(:mod:`edgeai.pruning.progress`) are rewritten into ``progress.json`` in the slot.
-With ``--probe`` it stops after writing ``ready``.
+A child is forked by its framework's zygote (:mod:`edgeai.sandbox.zygote`) or, where
+no zygote can serve, started as ``python -m edgeai.sandbox.child`` with its settings
+as the first line of its stdin. Either way it runs :func:`run_child`: it confines
+itself first (:func:`edgeai.sandbox.confine.confine`), finishes warming up, and
+reports ``ready`` with what the kernel says is in force on the channel
+(:mod:`edgeai.sandbox.channel`, descriptor 3 or ``settings["channel_fd"]``). The
+supervisor checks that report and only then sends the job, as one JSON line on
+stdin. The child runs it, streams the files it made and its result on the channel,
+and exits: a child never serves two jobs. Whatever the job prints goes to stderr,
+which the supervisor keeps the tail of.
 """
 from __future__ import annotations
 
@@ -19,38 +20,12 @@ import resource
 import sys
 import time
 import traceback
+from typing import Any
+
+from edgeai.sandbox.channel import CHANNEL_FD, ChannelWriter
 
 
-def _write_result(workdir: str, payload: dict) -> None:
-    tmp = os.path.join(workdir, ".result.json.tmp")
-    with open(tmp, "w") as handle:
-        json.dump(payload, handle)
-    os.replace(tmp, os.path.join(workdir, "result.json"))
-
-
-def _progress_writer(workdir: str):
-    """A :mod:`edgeai.pruning.progress` listener that atomically rewrites
-    ``progress.json`` in the slot, where the supervisor reads it (bounded, validated)."""
-    tmp, target = os.path.join(workdir, ".progress.json.tmp"), os.path.join(workdir,
-                                                                            "progress.json")
-
-    def write(phase: str, fraction: float | None) -> None:
-        try:
-            with open(tmp, "w") as handle:
-                json.dump({"phase": phase, "progress": fraction}, handle)
-            os.replace(tmp, target)
-        except OSError:  # news of progress is not worth failing the job for
-            pass
-
-    return write
-
-
-def _ready(confinement: dict) -> None:
-    sys.stdout.write("ready " + json.dumps(confinement) + "\n")
-    sys.stdout.flush()
-
-
-def _runner(settings: dict):
+def _runner(settings: dict[str, Any]):
     """The engine's ``prune`` (warmed up), or the ``module:function`` in ``entry``."""
     if settings.get("entry"):
         module, _, name = settings["entry"].partition(":")
@@ -62,65 +37,101 @@ def _runner(settings: dict):
     return engine.prune
 
 
-def main() -> int:
-    """Confine, warm up, run one job; exit 0 when a result or error was written."""
-    settings = json.loads(sys.argv[1])
+def _read_line(fd: int, limit: int = 64 << 20) -> bytes:
+    """One line from ``fd`` (unbuffered, so nothing past it is taken from the pipe)."""
+    data = bytearray()
+    while len(data) < limit:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        data += chunk
+        if data.endswith(b"\n"):
+            break
+    return bytes(data)
+
+
+def _suffix(name: str, stem: str) -> str:
+    """What the engine added to the server's stem (``.h5``, ``.plan.json``, ...)."""
+    if name.startswith(stem) and len(name) > len(stem):
+        return name[len(stem):]
+    return os.path.splitext(name)[1] or ".bin"
+
+
+def run_child(settings: dict[str, Any], forked: bool = False) -> int:
+    """Confine, warm up, report ready, run one job; return the exit code (0 when a
+    result was sent). ``settings``: ``framework``, ``confine`` (the spec of
+    :func:`edgeai.sandbox.confine.confine`), ``entry``, ``probe``, ``channel_fd``."""
     started = time.perf_counter()
+    writer = ChannelWriter(int(settings.get("channel_fd", CHANNEL_FD)))
     from edgeai.sandbox.confine import confine
 
     confinement = confine(settings["confine"])
     confinement["confine_ms"] = round((time.perf_counter() - started) * 1000, 1)
-    slot = confinement["workdir"]
-    os.chdir(slot)
+    confinement["forked"] = forked
+    workdir = confinement["workdir"]
+    os.chdir(workdir)
     if not confinement["layers"]["view"]:
-        # No private /tmp: temporary files go to the slot, never to the host's /tmp.
-        os.makedirs(os.path.join(slot, ".tmp"), exist_ok=True)
-        os.environ["HOME"] = os.environ["TMPDIR"] = os.path.join(slot, ".tmp")
-    if "--probe" in sys.argv[2:]:
-        _ready(confinement)
+        # No private /tmp: temporary files go to the job's folder, never the host's /tmp.
+        os.makedirs(os.path.join(workdir, ".tmp"), exist_ok=True)
+        os.environ["HOME"] = os.environ["TMPDIR"] = os.path.join(workdir, ".tmp")
+    if settings.get("probe"):
+        writer.send({"type": "ready", "confinement": confinement})
         return 0
 
     warm_started = time.perf_counter()
     run = _runner(settings)
     warm_up_seconds = time.perf_counter() - warm_started
-    _ready(confinement)
+    writer.send({"type": "ready", "confinement": confinement})
 
-    line = sys.stdin.readline()
+    line = _read_line(0)
     if not line:
-        return 0  # the server shut down before giving this spare a job
-    from edgeai.pruning import PruneJob, PruningError
+        return 0  # the supervisor gave this child no job
+    from edgeai.pruning import PruneJob, PruningError, progress
 
     job = PruneJob.from_dict(json.loads(line)["job"])
-    from edgeai.pruning import progress
-
-    progress.track(_progress_writer(slot))
+    progress.track(writer.send_progress)
     job_started = time.perf_counter()
     try:
         result = run(job)
     except PruningError as error:
-        _write_result(slot, {"ok": False, "error": str(error), "kind": type(error).__name__})
+        writer.send({"type": "result", "ok": False, "error": str(error),
+                     "kind": type(error).__name__})
         return 0
     except MemoryError:
         limit = settings["confine"]["limits"]["memory_mb"]
-        _write_result(slot, {"ok": False, "kind": "MemoryError",
-                             "error": f"The job ran out of memory (limit {limit} MB)."})
+        writer.send({"type": "result", "ok": False, "kind": "MemoryError",
+                     "error": f"The job ran out of memory (limit {limit} MB)."})
         return 0
     except Exception as error:  # noqa: BLE001 - any engine bug fails this job only
         traceback.print_exc()
-        _write_result(slot, {"ok": False, "kind": type(error).__name__,
-                             "error": f"Pruning failed: {type(error).__name__}: {error}"})
+        writer.send({"type": "result", "ok": False, "kind": type(error).__name__,
+                     "error": f"Pruning failed: {type(error).__name__}: {error}"})
         return 0
     report = dict(result.report)
-    report["sandbox"] = {
-        **confinement,
-        "warm_up_seconds": round(warm_up_seconds, 3),
-        "job_seconds": round(time.perf_counter() - job_started, 3),
-        # ru_maxrss is in KiB on Linux; it includes the framework import.
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-    }
-    _write_result(slot, {"ok": True, "artifact": result.artifact, "message": result.message,
-                         "report": report})
+    artifacts = dict(report.get("artifacts") or {})
+    if result.artifact not in artifacts.values():
+        artifacts["model"] = result.artifact
+    for key, name in artifacts.items():
+        if name:
+            writer.send_file(key, _suffix(name, job.output_stem),
+                             os.path.join(job.output_dir, name))
+    stats = {"warm_up_seconds": round(warm_up_seconds, 3),
+             "job_seconds": round(time.perf_counter() - job_started, 3),
+             # ru_maxrss is in KiB on Linux; it includes the framework import.
+             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    writer.send({"type": "result", "ok": True, "message": result.message, "report": report,
+                 "stats": stats})
     return 0
+
+
+def main() -> int:
+    """``python -m edgeai.sandbox.child``: settings on the first line of stdin."""
+    settings = json.loads(_read_line(0))
+    channel = int(settings.pop("channel_fd", CHANNEL_FD))
+    if channel != CHANNEL_FD:  # the same descriptor as a forked child's
+        os.dup2(channel, CHANNEL_FD, inheritable=False)
+        os.close(channel)
+    return run_child(settings)
 
 
 if __name__ == "__main__":

@@ -140,8 +140,10 @@ def become_init_of_pid_namespace() -> None:
     child = os.fork()
     if child == 0:
         return
-    for fd in (0, 1):
-        os.close(fd)
+    # Only stderr stays open here: the job's channel and pipes must end when the job
+    # does, not when this waiting process does.
+    os.closerange(0, 2)
+    os.closerange(3, os.sysconf("SC_OPEN_MAX"))
     while True:
         try:
             _, status = os.waitpid(child, 0)
@@ -237,16 +239,15 @@ def _users_file(uid: int, gid: int) -> tuple[str, str]:
     return passwd, group
 
 
-def _open_sources(slot: str, read_only: list[str]) -> list[tuple[int, str, int]]:
-    """(descriptor, path in the view, mount flags) of everything the view binds."""
+def _open_sources(read_only: list[str]) -> list[tuple[int, str, int]]:
+    """(descriptor, path in the view, mount flags) of the host's paths the view binds."""
     sources: list[tuple[int, str, int]] = []
 
-    def source(path: str, flags: int, seen_as: str | None = None) -> None:
+    def source(path: str, flags: int) -> None:
         try:
-            sources.append((os.open(path, os.O_PATH | os.O_CLOEXEC), seen_as or path, flags))
+            sources.append((os.open(path, os.O_PATH | os.O_CLOEXEC), path, flags))
         except FileNotFoundError:
-            if seen_as:  # the slot itself
-                raise
+            pass
 
     read_only_flags = MS_RDONLY | MS_NOSUID | MS_NODEV
     for path in read_only:
@@ -257,22 +258,66 @@ def _open_sources(slot: str, read_only: list[str]) -> list[tuple[int, str, int]]
         source(f"/etc/{name}", read_only_flags | MS_NOEXEC)
     for name in DEVICES:
         source(f"/dev/{name}", MS_NOSUID | MS_NOEXEC)
-    source(slot, MS_NOSUID | MS_NODEV, seen_as=JOB_DIR)
     return sources
 
 
-def _assemble(sources: list[tuple[int, str, int]], uid: int, gid: int, tmpfs_mb: int,
-              with_proc: bool) -> None:
+class JobFolders:
+    """The job's own places, opened before the view is built (they may lie under the
+    host's /tmp, which the view's assembly covers): its disk — an image to mount, or
+    a folder on the server's disk — and the folder of its inputs, bound read-only."""
+
+    def __init__(self, job: dict[str, Any], inputs: str | None):
+        self.image_fd = self.folder_fd = self.inputs_fd = -1
+        if job.get("image"):
+            self.image_fd = os.open(job["image"], os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        else:
+            self.folder_fd = os.open(job["folder"], os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW
+                                     | os.O_CLOEXEC)
+        if inputs:
+            self.inputs_fd = os.open(inputs, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW
+                                     | os.O_CLOEXEC)
+
+    def close(self) -> None:
+        for fd in (self.image_fd, self.folder_fd, self.inputs_fd):
+            if fd >= 0:
+                os.close(fd)
+
+
+def _mount_job(folders: JobFolders, root: str, uid: int, gid: int) -> None:
+    """The job's disk at ``root``/job with ``inputs`` (read-only), ``out`` and ``.tmp``
+    in it (the last two the job's), and the view's /tmp bound to that ``.tmp``, so the
+    job's temporary files count against its disk, not the host's memory."""
+    job = root + JOB_DIR
+    os.makedirs(job, mode=0o755, exist_ok=True)
+    if folders.image_fd >= 0:
+        from edgeai.sandbox.disk import attach
+
+        attach(folders.image_fd, job)
+    else:
+        _bind(folders.folder_fd, job, MS_NOSUID | MS_NODEV)
+    for name in ("out", ".tmp"):
+        path = f"{job}/{name}"
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        os.chown(path, uid, gid)
+    if folders.inputs_fd >= 0:
+        _bind(folders.inputs_fd, f"{job}/inputs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    os.makedirs(f"{root}/tmp", mode=0o755, exist_ok=True)
+    _mount(f"{job}/.tmp", f"{root}/tmp", None, MS_BIND)
+
+
+def _assemble(sources: list[tuple[int, str, int]], folders: JobFolders, uid: int, gid: int,
+              tmpfs_mb: int, with_proc: bool) -> None:
     """Build the private root on :data:`NEW_ROOT`: in-memory folders, the binds, the
-    system's symlinks, /dev's links, a minimal /etc, and /proc of the PID namespace."""
-    size = f"size={tmpfs_mb}m"
+    job's disk, the system's symlinks, /dev's links, a minimal /etc, and /proc of the
+    PID namespace."""
     _mount("tmpfs", NEW_ROOT, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=8m")
-    for folder, options in (("dev", "mode=0755,size=64k"), ("tmp", f"mode=1777,{size}"),
-                            ("dev/shm", f"mode=1777,{size}")):
+    for folder, options in (("dev", "mode=0755,size=64k"),
+                            ("dev/shm", f"mode=1777,size={tmpfs_mb}m")):
         os.makedirs(f"{NEW_ROOT}/{folder}", mode=0o755, exist_ok=True)
         _mount("tmpfs", f"{NEW_ROOT}/{folder}", "tmpfs", MS_NOSUID | MS_NODEV, options)
     for fd, path, flags in sources:
         _bind(fd, NEW_ROOT + path, flags)
+    _mount_job(folders, NEW_ROOT, uid, gid)
     for path in SYSTEM_DIRS:
         if os.path.islink(path):
             os.symlink(os.readlink(path), NEW_ROOT + path)
@@ -291,20 +336,24 @@ def _assemble(sources: list[tuple[int, str, int]], uid: int, gid: int, tmpfs_mb:
         _mount("proc", f"{NEW_ROOT}/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
 
 
-def build_view(slot: str, read_only: list[str], uid: int, gid: int, tmpfs_mb: int,
-               with_proc: bool) -> None:
+def build_view(job: dict[str, Any], inputs: str | None, read_only: list[str], uid: int,
+               gid: int, tmpfs_mb: int, with_proc: bool) -> None:
     """Replace this mount namespace's root by a private one (see the module docstring).
 
-    The slot appears as :data:`JOB_DIR`. Every source is opened before anything is
-    mounted, so a source under ``/tmp`` (where the new root is assembled) stays
+    The job's disk appears as :data:`JOB_DIR`. Every source is opened before anything
+    is mounted, so a source under ``/tmp`` (where the new root is assembled) stays
     reachable; the descriptors are closed before the job can see them (an open
     folder outside the root would be a way out). Raises :class:`ConfinementError`.
     """
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
-    sources = _open_sources(slot, read_only)
+    # Opened in this mount namespace (a bind's source must be of it), before the new
+    # root covers the host's /tmp.
+    sources = _open_sources(read_only)
+    folders = JobFolders(job, inputs)
     try:
-        _assemble(sources, uid, gid, tmpfs_mb, with_proc)
+        _assemble(sources, folders, uid, gid, tmpfs_mb, with_proc)
     finally:
+        folders.close()
         for fd, _, _ in sources:
             os.close(fd)
     os.chdir(NEW_ROOT)
@@ -435,13 +484,16 @@ class _Layers:
 def confine(spec: dict[str, Any]) -> dict[str, Any]:
     """Build every layer ``spec`` asks for; return what is in force and why not.
 
-    ``spec`` keys: ``parent_pid``, ``limits`` (see :mod:`.limits`), ``slot`` (the job's
-    folder), ``uid``/``gid`` (the sandbox user when the server is root), ``skip``
+    ``spec`` keys: ``parent_pid``, ``limits`` (see :mod:`.limits`), ``job`` (the job's
+    disk: ``{"image": path}`` of an ext4 image to mount, or ``{"folder": path}``),
+    ``inputs`` (the folder of its inputs, bound read-only), ``uid``/``gid`` (the job's
+    own, when the server is root), ``cpus`` (the cores the job may run on), ``skip``
     (layer names not to build), ``extra_read_only``, ``hidden`` (paths that must not
-    be readable afterwards), ``tmpfs_mb``. Must run while single-threaded. In a PID
-    namespace this forks: the caller continues as the namespace's first process.
-    Returns ``{"layers": {layer: state}, "uid": int, "notes": {layer: why missing},
-    "workdir": where the slot is now}``.
+    be readable afterwards), ``tmpfs_mb`` (/dev/shm). Must run while single-threaded.
+    In a PID namespace this forks: the caller continues as the namespace's first
+    process. Returns ``{"layers": {layer: state}, "uid": int, "notes": {layer: why
+    missing}, "workdir": the job's folder as the job sees it, "inputs": its inputs'
+    folder, "disk": "image" or "folder", "cpus": [...]}``.
     """
     if not single_threaded():
         raise ConfinementError("confinement must run before any thread starts")
@@ -449,6 +501,8 @@ def confine(spec: dict[str, Any]) -> dict[str, Any]:
     die_with_parent(spec["parent_pid"])
     set_limits(spec["limits"])
     os.nice(10)  # below the server: status calls stay fast while a job computes
+    if spec.get("cpus"):
+        os.sched_setaffinity(0, spec["cpus"])  # seccomp forbids widening it later
     layers.notes.update(enter_namespaces(*(layer not in layers.skip
                                            for layer in ("view", "pid", "network"))))
     if layers.wanted("pid"):
@@ -459,9 +513,19 @@ def confine(spec: dict[str, Any]) -> dict[str, Any]:
     gid = os.getgid() if gid is None else gid
     read_only = read_only_paths(tuple(spec.get("extra_read_only") or ()),
                                 tuple(spec.get("hidden") or ()))
-    layers.attempt("view", lambda: build_view(spec["slot"], read_only, uid, gid,
-                                              spec.get("tmpfs_mb", 256),
+    layers.attempt("view", lambda: build_view(spec["job"], spec.get("inputs"), read_only, uid,
+                                              gid, spec.get("tmpfs_mb", 64),
                                               with_proc=bool(layers.state["pid"])))
+    if layers.state["view"]:
+        workdir, inputs = JOB_DIR, f"{JOB_DIR}/inputs"
+    elif spec["job"].get("folder"):
+        workdir, inputs = spec["job"]["folder"], spec.get("inputs")
+        for name in ("out", ".tmp"):
+            os.makedirs(f"{workdir}/{name}", mode=0o700, exist_ok=True)
+            os.chown(f"{workdir}/{name}", uid, gid)
+    else:
+        raise ConfinementError("the job's disk image can be mounted only in the view "
+                               f"({layers.notes.get('view', 'skipped')})")
     if layers.wanted("network"):
         layers.state["network"] = network_interfaces() == ["lo"]
     if not layers.state["view"] and (why := interpreter_reachable(read_only, uid, gid)):
@@ -469,15 +533,16 @@ def confine(spec: dict[str, Any]) -> dict[str, Any]:
                                             f"Python ({why}); the job keeps the server's user")
     layers.attempt("identity", lambda: drop_identity(spec.get("uid"), spec.get("gid")))
     die_with_parent()
-    workdir = JOB_DIR if layers.state["view"] else spec["slot"]
     layers.attempt("landlock", lambda: landlock.restrict(
-        *landlock_rules(workdir, read_only, bool(layers.state["view"]))))
+        *landlock_rules(workdir, read_only, bool(layers.state["view"]), inputs)))
     layers.attempt("seccomp", seccomp.install)
     if os.getuid() != 0:
         limit_processes(spec["limits"])
     _read_back(layers, tuple(spec.get("hidden") or ()))
     return {"layers": layers.state, "uid": os.getuid(), "notes": layers.notes,
-            "workdir": JOB_DIR if layers.state["view"] else spec["slot"]}
+            "workdir": workdir, "inputs": inputs,
+            "disk": "image" if spec["job"].get("image") else "folder",
+            "cpus": sorted(os.sched_getaffinity(0))}
 
 
 def _read_back(layers: _Layers, hidden: tuple[str, ...]) -> None:
@@ -496,13 +561,13 @@ def _read_back(layers: _Layers, hidden: tuple[str, ...]) -> None:
             layers.notes.setdefault(layer, "not in force")
 
 
-def landlock_rules(slot: str, read_only: list[str], view_built: bool,
-                   ) -> tuple[list[str], list[str]]:
+def landlock_rules(workdir: str, read_only: list[str], view_built: bool,
+                   inputs: str | None = None) -> tuple[list[str], list[str]]:
     """(read-only, writable) paths for Landlock: the whole view when there is one, the
     same list as the view's binds otherwise."""
     if view_built:
-        return ["/"], [slot, "/tmp", "/dev/shm", *WRITABLE_DEVICES]
+        return ["/"], [workdir, "/tmp", "/dev/shm", *WRITABLE_DEVICES]
     readable_paths = [*read_only, *SYS_DIRS, *(f"/etc/{name}" for name in ETC_FILES),
                       *(f"/dev/{name}" for name in DEVICES), "/proc/self", "/proc/cpuinfo",
-                      "/proc/meminfo", "/proc/stat"]
-    return readable_paths, [slot, *WRITABLE_DEVICES]
+                      "/proc/meminfo", "/proc/stat", *([inputs] if inputs else [])]
+    return readable_paths, [workdir, *WRITABLE_DEVICES]

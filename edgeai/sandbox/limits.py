@@ -16,8 +16,10 @@ class Limits:
     open_files: int = 512
     processes: int = 1024
     spare_ready_seconds: int = 120
-    # Bounded in-memory folders of the job's view (/tmp and /dev/shm).
-    tmpfs_mb: int = 256
+    # The job's own disk (its folder and /tmp); 0: four times its uploads plus 1 GB.
+    disk_mb: int = 0
+    # /dev/shm, the one in-memory folder of the job's view (counted apart from memory_mb).
+    tmpfs_mb: int = 64
 
     def child_limits(self) -> dict[str, int]:
         """The rlimits the child sets on itself."""
@@ -34,7 +36,7 @@ class Limits:
 def limits_from_settings(settings) -> Limits:
     """Build :class:`Limits` from the service settings."""
     return Limits(timeout=settings.job_timeout, memory_mb=settings.job_memory_mb,
-                  threads=settings.job_threads)
+                  threads=settings.job_threads, disk_mb=settings.job_disk_mb)
 
 
 def set_limits(limits: dict[str, int]) -> None:

@@ -7,8 +7,11 @@ The filter is a deny-list on purpose: TensorFlow and torch use several hundred
 system calls, and what they use changes between releases; what is denied here
 are the calls that cross the job's walls — debugging or reading other
 processes, namespaces and mounts, kernel keys, BPF, perf, io_uring (which
-bypasses seccomp), module and clock changes, and every socket family but
-``AF_UNIX`` (the job's network is already an empty namespace).
+bypasses seccomp), module and clock changes, every socket family but ``AF_UNIX``
+(the job's network is already an empty namespace), and the calls that would take
+more of the host than the job was given: widening its cores or raising its
+priority, memory no process's RSS shows (memfd, System V shared memory), and
+leaving the death signal that ties it to its parent.
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ import errno
 import socket
 
 ACT_ALLOW = 0x7FFF0000
-CMP_NE, CMP_MASKED_EQ = 1, 7
+CMP_NE, CMP_EQ, CMP_MASKED_EQ = 1, 4, 7
 ATTR_CTL_NNP = 3
 
 DENIED = (
@@ -35,7 +38,13 @@ DENIED = (
     "reboot", "swapon", "swapoff", "syslog", "acct", "quotactl", "lookup_dcookie",
     "settimeofday", "clock_settime", "clock_adjtime", "adjtimex", "ioperm", "iopl",
     "vhangup", "uselib", "personality", "nfsservctl",
+    # the job's share of the host: cores, priority and memory the kernel would not count
+    # (a memfd or System V segment written but never mapped is in no process's RSS)
+    "sched_setaffinity", "sched_setscheduler", "sched_setparam", "sched_setattr",
+    "setpriority", "ioprio_set", "memfd_create", "memfd_secret", "shmget",
+    "migrate_pages", "move_pages",
 )
+PR_SET_PDEATHSIG = 1
 # clone() with any of these flags would start a new namespace.
 CLONE_NAMESPACE_FLAGS = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000,
                          0x20000000, 0x40000000, 0x00000080)
@@ -101,6 +110,8 @@ def install() -> dict:
         unix_only = _ArgCmp(0, CMP_NE, socket.AF_UNIX, 0)
         rule("socket", _errno_action(errno.EAFNOSUPPORT), unix_only)
         rule("socketpair", _errno_action(errno.EAFNOSUPPORT), unix_only)
+        # The job dies with the process that waits for it: it may not opt out.
+        rule("prctl", _errno_action(errno.EPERM), _ArgCmp(0, CMP_EQ, PR_SET_PDEATHSIG, 0))
         for flag in CLONE_NAMESPACE_FLAGS:
             rule("clone", _errno_action(errno.EPERM), _ArgCmp(0, CMP_MASKED_EQ, flag, flag))
         # clone3 passes its flags in memory a filter cannot read: answer ENOSYS so the

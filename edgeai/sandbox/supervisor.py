@@ -1,29 +1,36 @@
-"""Runs one job in a confined child process and brings back only what it should.
+"""Runs one job in a fresh, confined child process and takes back only what it should.
 
-Each child is started with its own empty *slot* folder, the one place it may
-write, and confines itself (:mod:`edgeai.sandbox.confine`) before it imports its
-framework. To keep the framework's import out of a job's latency, one *spare*
-child per framework is started ahead of time and waits, already confined and
-warm; when a job comes, its inputs are linked into that spare's slot and the
-job is handed over. A child serves one job, then exits; its slot is deleted.
+For each job the supervisor takes a *seat* (:mod:`.seats`: a uid of the job's own
+and its cores), makes the job's *slot* — a folder of the server's that holds hard
+links to the inputs and the job's disk (:mod:`.disk`: an ext4 image the child
+mounts as ``/job``) — and has the framework's zygote (:mod:`.zygote`) fork a child,
+or starts a fresh interpreter where no zygote can serve. The child confines itself
+(:mod:`.confine`) and reports ready on its channel (:mod:`.channel`) with what the
+kernel says is in force; a job that brings code is sent only to a child with every
+wall up. A child serves one job, then every process of its uid is killed, the slot
+is deleted and the seat given back.
 
-Everything the child leaves behind is hostile input: the result file is read
-without following links and with a size bound, artifacts must be plain files
-with bare names, and text that reaches the client is bounded in length. Before
-a job that brings code (a class file, a SavedModel, a pickle) is handed to a
-child, the child's own report of its layers must show every wall in force, or
-the job is refused (``EDGEAI_SANDBOX=weak`` lets it run anyway, announced).
+Everything the job hands back is hostile input, and the server never touches a
+tree the job can change: results, progress and files come over the channel (bounded,
+files named by the server, written into the server's own staging folder), the slot's
+own folder is root's and holds nothing the job can rename, and the job's disk is
+never mounted outside the job's namespace — deleting one image file gives the disk
+back whatever the job built in it. The report is parsed into the typed report with
+bounds (:func:`edgeai.pruning.report.check_report`) or the job fails.
+
+A job's resources are its own and bounded: its disk (``EDGEAI_JOB_DISK_MB``, enforced
+by the kernel), its memory (every process of its uid, anonymous and shared memory
+counted, polled five times a second; memfd and System V segments are refused by
+seccomp), its processes and threads (``RLIMIT_NPROC`` of its own uid), its cores
+(pinned; seccomp refuses widening them or raising its priority), its time.
 """
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
-import pwd
-import shutil
+import select
 import signal
-import stat
 import subprocess
 import sys
 import threading
@@ -35,8 +42,13 @@ from pathlib import Path
 from typing import Any
 
 from edgeai.pruning import PruneJob, PruneResult
-from edgeai.pruning.progress import JOB_PHASES
+from edgeai.pruning.report import ReportRejected, check_report, clean_text
+from edgeai.sandbox import disk
+from edgeai.sandbox.channel import ChannelReader
 from edgeai.sandbox.limits import Limits
+from edgeai.sandbox.removal import remove_tree
+from edgeai.sandbox.seats import DEFAULT_UIDS, NoSeat, Seat, Seats, kill_uid, parse_uid_range
+from edgeai.sandbox.zygote import Zygote, ZygotePool, ZygoteUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +61,17 @@ WALLS = {
     "identity": ("identity",),
     "system calls": ("seccomp",),
     "network": ("network",),
+    "processes": ("pid",),
 }
-MAX_RESULT_BYTES = 16 << 20
-MAX_PROGRESS_BYTES = 512
 MAX_MESSAGE_CHARS = 64 * 1024
 MAX_ERROR_CHARS = 2000
 MAX_LOG_TAIL_CHARS = 600
 STDERR_TAIL_BYTES = 8192
+# How often a running job's memory, disk and progress are looked at.
+WATCH_SECONDS = 0.2
+PROBE_DISK_MB = 16
+
+ProgressListener = Callable[[str, "float | None"], None]
 
 
 class JobFailed(Exception):
@@ -72,194 +88,321 @@ def missing_walls(layers: dict[str, Any]) -> list[str]:
     return missing
 
 
-def sandbox_user() -> tuple[int, int] | None:
-    """The (uid, gid) jobs run as when the server is root (``EDGEAI_SANDBOX_USER``,
-    default ``nobody``); None otherwise."""
-    if os.getuid() != 0:
-        return None
-    entry = pwd.getpwnam(os.environ.get("EDGEAI_SANDBOX_USER", "nobody"))
-    return entry.pw_uid, entry.pw_gid
-
-
-ProgressListener = Callable[[str, "float | None"], None]
-
-
-class SlotFileError(Exception):
-    """A file the child left in its slot cannot be taken: ``kind`` is "missing",
-    "unusable" (not a plain file, or too big) or "unreadable" (not JSON)."""
-
-    def __init__(self, kind: str):
-        super().__init__(kind)
-        self.kind = kind
-
-
-def read_slot_json(path: Path, limit: int) -> Any:
-    """The JSON in ``path``, a file the child wrote: untrusted, so opened without
-    following a link or blocking on a pipe, and taken only as a plain file of at most
-    ``limit`` bytes. Raises :class:`SlotFileError` saying what was wrong."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        raise SlotFileError("missing") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
-            raise SlotFileError("unusable")
-        chunks, size = [], 0
-        while size <= limit and (chunk := os.read(fd, limit + 1 - size)):
-            chunks.append(chunk)
-            size += len(chunk)
-    except OSError:
-        raise SlotFileError("unusable") from None
-    finally:
-        os.close(fd)
-    if size > limit:  # it grew after the fstat
-        raise SlotFileError("unusable")
-    try:
-        return json.loads(b"".join(chunks))
-    except (ValueError, RecursionError):
-        raise SlotFileError("unreadable") from None
-
-
-def read_progress(slot: Path) -> tuple[str, float | None] | None:
-    """The child's ``progress.json`` in ``slot`` as (phase, fraction), or None when it
-    is missing or anything about it is off: read by :func:`read_slot_json` (at most
-    :data:`MAX_PROGRESS_BYTES`), a JSON object whose ``phase`` is one of the pipeline's
-    (:data:`edgeai.pruning.progress.JOB_PHASES`) and whose ``progress`` is null or a
-    finite number in [0, 1]. Anything else is ignored, never an error.
-    """
-    try:
-        payload = read_slot_json(slot / "progress.json", MAX_PROGRESS_BYTES)
-    except SlotFileError:
-        return None
-    if not isinstance(payload, dict) or payload.get("phase") not in JOB_PHASES:
-        return None
-    fraction = payload.get("progress")
-    if fraction is None:
-        return payload["phase"], None
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) \
-            or not math.isfinite(fraction) or not 0 <= fraction <= 1:
-        return None
-    return payload["phase"], float(fraction)
-
-
 def bounded(text: str, limit: int) -> str:
     """``text`` cut to ``limit`` characters, saying so."""
     text = str(text)
     return text if len(text) <= limit else text[:limit] + f" ... [{len(text) - limit} more]"
 
 
-class _Child:
-    """One sandbox child process and its slot, from spawn to exit."""
+# -- the process tree of a job --------------------------------------------------------
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every process below it, whichever of their threads forked them."""
+    pids, queue = [], [pid]
+    while queue:
+        current = queue.pop()
+        pids.append(current)
+        try:
+            tasks = os.listdir(f"/proc/{current}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{current}/task/{task}/children") as handle:
+                    queue.extend(int(p) for p in handle.read().split())
+            except (OSError, ValueError):
+                pass
+    return pids
 
-    def __init__(self, sandbox: Sandbox, framework: str, probe: bool = False):
-        self.framework = framework
+
+def memory_mb(pids: list[int], proportional: bool = False) -> float:
+    """Memory the processes hold that nothing else would free: their anonymous and
+    shared resident pages (file pages are the page cache, bounded by the job's disk).
+
+    The quick count (``/proc/PID/status``) counts a page shared by several processes
+    once per process: a job's forks share their parent's pages copy-on-write, and a
+    zygote's children share the framework's. ``proportional`` reads
+    ``/proc/PID/smaps_rollup`` instead (each shared page split between its sharers:
+    slower, as it walks the page tables), for when the quick count is over a limit."""
+    total = 0
+    source, fields = (("smaps_rollup", (b"Pss_Anon:", b"Pss_Shmem:")) if proportional else
+                      ("status", (b"RssAnon:", b"RssShmem:")))
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/{source}", "rb") as handle:
+                for line in handle:
+                    if line.startswith(fields):
+                        total += int(line.split()[1])
+        except (OSError, ValueError, IndexError):
+            pass
+    return total / 1024
+
+
+def uid_processes(uid: int) -> list[int]:
+    """Every process running as ``uid`` (a job's own uid: all of the job, wherever
+    in its tree a thread forked it)."""
+    from edgeai.sandbox.seats import processes_of
+
+    return processes_of(uid)
+
+
+# -- the slot: the server's folder for one job -----------------------------------------
+class _Slot:
+    """One job's folder under ``slots/``, root's own: ``inputs/`` (hard links to the
+    job's uploads, read-only) and the job's disk (``disk.img``, or ``work/`` where loop
+    devices cannot be used). Opened once; every step below works from its descriptor."""
+
+    def __init__(self, sandbox: Sandbox, inputs: dict[str, str], seat: Seat, disk_mb: int,
+                 disk_mode: str):
         self.sandbox = sandbox
-        self.slot = sandbox.new_slot()
-        self.confinement: dict[str, Any] = {}
-        # The last bytes the child wrote to stderr, for the reason of a crash: a pipe
-        # into memory, so a chatty or hostile job cannot fill the server's disk.
+        self.name = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        self.path = sandbox.slots_dir / self.name
+        self.disk_mb = disk_mb
+        self.image_fd = -1
+        self.inputs_fd = -1
+        self.job: dict[str, str] = {}
+        os.mkdir(self.name, 0o711, dir_fd=sandbox.slots_fd)
+        self.fd = os.open(self.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                          dir_fd=sandbox.slots_fd)
+        try:
+            self._link_inputs(inputs)
+            if disk_mode == "image":
+                self.image_fd = disk.make_image(self.fd, "disk.img", disk_mb, seat.uid, seat.gid)
+                self.job = {"image": str(self.path / "disk.img")}
+            else:
+                os.mkdir("work", 0o700, dir_fd=self.fd)
+                if seat.uid is not None:
+                    os.chown("work", seat.uid, seat.gid or seat.uid, dir_fd=self.fd,
+                             follow_symlinks=False)
+                self.job = {"folder": str(self.path / "work")}
+        except BaseException:
+            self.remove()
+            raise
+
+    def _link_inputs(self, inputs: dict[str, str]) -> None:
+        os.mkdir("inputs", 0o755, dir_fd=self.fd)
+        self.inputs_fd = os.open("inputs", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+                                 | os.O_CLOEXEC, dir_fd=self.fd)
+        for role, source in inputs.items():
+            name = f"{role}.upload"
+            try:
+                os.link(source, name, dst_dir_fd=self.inputs_fd)
+            except OSError:  # another file system: copy, from a descriptor of the source
+                with open(source, "rb") as src:
+                    out = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
+                                  0o444, dir_fd=self.inputs_fd)
+                    try:
+                        while chunk := src.read(1 << 20):
+                            os.write(out, chunk)
+                    finally:
+                        os.close(out)
+            # Readable by the job's user, never writable (the job also sees it read-only).
+            os.chmod(name, 0o444, dir_fd=self.inputs_fd, follow_symlinks=False)
+
+    @property
+    def disk_bytes(self) -> int:
+        return self.disk_mb << 20
+
+    def used_bytes(self) -> tuple[int, bool]:
+        """(bytes the job's disk holds, whether that could be counted completely)."""
+        if self.image_fd >= 0:
+            return disk.allocated_bytes(self.image_fd), True
+        try:
+            work = os.open("work", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                           dir_fd=self.fd)
+        except OSError:
+            return 0, True
+        try:
+            used, _, complete = disk.tree_usage(work, limit_entries=200_000)
+            return used, complete
+        finally:
+            os.close(work)
+
+    def full(self) -> bool:
+        """Whether the job has used its disk: the image is (almost) all allocated, or
+        the folder holds more than the bound (or more than can be counted)."""
+        used, complete = self.used_bytes()
+        if self.image_fd >= 0:
+            # ext4's own metadata and the last partial blocks: "full" is within 1 %.
+            return used >= self.disk_bytes - max(4 << 20, self.disk_bytes // 100)
+        return used > self.disk_bytes or not complete
+
+    def remove(self) -> None:
+        """Delete the slot. The image and the input links are single entries of root's
+        folder; only a ``work`` folder (no loop devices) is a tree the job shaped."""
+        problems = []
+        if self.image_fd >= 0:
+            os.close(self.image_fd)
+            self.image_fd = -1
+        if self.inputs_fd >= 0:
+            for entry in os.listdir(self.inputs_fd):
+                try:
+                    os.unlink(entry, dir_fd=self.inputs_fd)
+                except OSError as error:
+                    problems.append(f"inputs/{entry}: {error.strerror}")
+            os.close(self.inputs_fd)
+            self.inputs_fd = -1
+        for name in ("disk.img",):
+            try:
+                os.unlink(name, dir_fd=self.fd)
+            except FileNotFoundError:
+                pass
+        if self.job.get("folder"):
+            removal = remove_tree(self.path / "work", quarantine=self.sandbox.trash_dir)
+            problems.extend(removal.problems)
+        for name in ("inputs",):
+            try:
+                os.rmdir(name, dir_fd=self.fd)
+            except OSError:
+                pass
+        os.close(self.fd)
+        try:
+            os.rmdir(self.name, dir_fd=self.sandbox.slots_fd)
+        except OSError:
+            removal = remove_tree(self.path, quarantine=self.sandbox.trash_dir)
+            problems.extend(removal.problems)
+        if problems:
+            log.warning("sandbox slot %s: %s", self.name, "; ".join(problems[:5]))
+
+
+# -- one child process -----------------------------------------------------------------
+class _Child:
+    """One sandbox child: forked by a zygote or started fresh; its pipes and channel."""
+
+    def __init__(self, sandbox: Sandbox, framework: str, slot: _Slot, seat: Seat,
+                 staging_fd: int, stem: str, probe: bool = False):
+        self.sandbox = sandbox
+        self.seat = seat
+        self.framework = framework
+        self.zygote: Zygote | None = None
+        self.proc: subprocess.Popen | None = None
         self.stderr_tail = bytearray()
-        settings = {"framework": framework, "entry": sandbox.entry,
-                    "confine": sandbox.confine_spec(self.slot)}
-        argv = [sys.executable, "-m", "edgeai.sandbox.child", json.dumps(settings)]
-        self.proc = subprocess.Popen(
-            [*argv, "--probe"] if probe else argv, stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd="/", env=sandbox.child_env(),
-            start_new_session=True, close_fds=True)
-        self.ready = threading.Event()
-        threading.Thread(target=self._await_ready, daemon=True, name="sandbox-ready").start()
+        self.started = time.monotonic()
+        self._precise_at, self._precise_mb = float("-inf"), 0.0
+        settings = {"framework": framework, "entry": sandbox.entry, "probe": probe,
+                    "confine": sandbox.confine_spec(slot, seat)}
+        channel_r, channel_w = os.pipe2(os.O_CLOEXEC)
+        stdin_r, self.stdin_w = os.pipe2(os.O_CLOEXEC)
+        self.stderr_r, stderr_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            zygote = None if probe else sandbox.zygote_for(framework)
+            if zygote is not None:
+                self.pid, self.pidfd = zygote.fork(settings, (channel_w, stdin_r, stderr_w))
+                self.zygote = zygote
+            else:
+                settings["channel_fd"] = channel_w
+                self.proc = subprocess.Popen(
+                    [sys.executable, "-m", "edgeai.sandbox.child"], stdin=stdin_r,
+                    stdout=stderr_w, stderr=stderr_w, pass_fds=(channel_w,), cwd="/",
+                    env=sandbox.child_env(), start_new_session=True, close_fds=True)
+                self.pid, self.pidfd = self.proc.pid, os.pidfd_open(self.proc.pid)
+                os.write(self.stdin_w, (json.dumps(settings) + "\n").encode())
+        finally:
+            for fd in (channel_w, stdin_r, stderr_w):
+                os.close(fd)
+        self.reader = ChannelReader(channel_r, staging_fd, stem, slot.disk_bytes)
+        self.channel_r = channel_r
         threading.Thread(target=self._keep_stderr_tail, daemon=True,
                          name="sandbox-stderr").start()
 
     def _keep_stderr_tail(self) -> None:
         try:
-            for chunk in iter(lambda: self.proc.stderr.read1(65536), b""):
+            while chunk := os.read(self.stderr_r, 65536):
                 self.stderr_tail += chunk
                 del self.stderr_tail[:-STDERR_TAIL_BYTES]
-        except (OSError, ValueError):  # the pipe was closed: the child is gone
+        except OSError:
             pass
 
-    def _await_ready(self) -> None:
+    @property
+    def confinement(self) -> dict[str, Any]:
+        return self.reader.received.confinement or {}
+
+    def exited(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the child to exit; True once it has."""
+        poller = select.poll()
+        poller.register(self.pidfd, select.POLLIN)
+        return bool(poller.poll(max(0, int(timeout * 1000))))
+
+    def returncode(self) -> int | None:
+        """The exit code (negative: the signal), once known."""
+        if self.proc is not None:
+            return self.proc.poll()
+        if self.zygote is not None and self.exited(0):
+            return self.zygote.exit_code(self.pid, 2.0)
+        return None
+
+    def send_job(self, job: PruneJob) -> None:
+        """Hand the job over (stdin, one JSON line), then close stdin."""
         try:
-            for raw in self.proc.stdout:
-                word, _, payload = raw.strip().partition(b" ")
-                if word == b"ready":
-                    try:
-                        self.confinement = json.loads(payload[:MAX_RESULT_BYTES])
-                    except ValueError:
-                        self.confinement = {}
-                    self.ready.set()
-                    break
-            # Drain whatever else the child prints (in chunks: no line is ever held whole)
-            # so that it can never block on a full pipe.
-            for _ in iter(lambda: self.proc.stdout.read1(65536), b""):
-                pass
-        except (OSError, ValueError):  # the pipe was closed: the child is gone
-            pass
+            os.write(self.stdin_w, (json.dumps({"job": job.to_dict()}) + "\n").encode())
+        finally:
+            os.close(self.stdin_w)
+            self.stdin_w = -1
 
-    def alive(self) -> bool:
-        return self.proc.poll() is None
+    def processes(self) -> list[int]:
+        """The job's processes: every process of its uid (and the tree below the child)."""
+        pids = set(process_tree(self.pid)) if not self.exited(0) else set()
+        if self.seat.uid is not None:
+            pids.update(uid_processes(self.seat.uid))
+        return sorted(pids)
 
-    def _tree(self) -> list[int]:
-        """The child and all its descendants (the job's PID namespace included)."""
-        pids, queue = [], [self.proc.pid]
-        while queue:
-            pid = queue.pop()
-            pids.append(pid)
-            try:
-                with open(f"/proc/{pid}/task/{pid}/children") as handle:
-                    queue.extend(int(p) for p in handle.read().split())
-            except (OSError, ValueError):
-                pass
-        return pids
+    def memory_mb(self, proportional: bool = False) -> float:
+        """What the job holds in memory now (see :func:`memory_mb`)."""
+        pids = (uid_processes(self.seat.uid) if self.seat.uid is not None
+                else process_tree(self.pid))
+        return memory_mb(pids, proportional)
+
+    def over_memory(self, limit_mb: float) -> bool:
+        """Whether the job holds more than ``limit_mb``: the quick count first, and only
+        when that is over, the proportional one (at most once a second)."""
+        if self.memory_mb() <= limit_mb:
+            return False
+        now = time.monotonic()
+        if now - self._precise_at >= 1.0:
+            self._precise_at, self._precise_mb = now, self.memory_mb(proportional=True)
+        return self._precise_mb > limit_mb
 
     def kill(self) -> None:
-        """Kill the child and anything it started, even a process that left its session."""
-        tree = self._tree()
+        """Kill the child and everything of the job, wherever it forked from."""
         try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
+            signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+        except (ProcessLookupError, OSError):
             pass
-        for pid in tree:
+        for pid in process_tree(self.pid) if not self.exited(0) else ():
             try:
                 os.kill(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            log.error("sandbox child %s did not die", self.proc.pid)
-
-    def rss_mb(self) -> float:
-        """Resident memory of the child's whole process tree, in MB."""
-        total = 0
-        for pid in self._tree():
-            try:
-                with open(f"/proc/{pid}/status") as handle:
-                    for line in handle:
-                        if line.startswith("VmRSS:"):
-                            total += int(line.split()[1])
-            except (OSError, ValueError):
-                pass
-        return total / 1024
+        if self.seat.uid is not None:
+            kill_uid(self.seat.uid)
 
     def log_tail(self, lines: int = 3) -> str:
-        """The last ``lines`` lines the child wrote to stderr, bounded."""
+        """The last ``lines`` lines the child wrote to stderr, bounded and cleaned."""
         text = bytes(self.stderr_tail).decode(errors="replace").strip().splitlines()
-        return bounded(" | ".join(text[-lines:]), MAX_LOG_TAIL_CHARS)
+        return bounded(clean_text(" | ".join(text[-lines:]), MAX_LOG_TAIL_CHARS),
+                       MAX_LOG_TAIL_CHARS)
 
     def close(self) -> None:
-        """Release the pipes and delete the slot (the child is dead by now)."""
-        if self.alive():
-            self.kill()
-        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+        """Kill what is left, collect the exit, close every descriptor."""
+        self.kill()
+        if not self.exited(10):
+            log.error("sandbox child %s did not die", self.pid)
+        if self.proc is not None:
             try:
-                if stream:
-                    stream.close()
-            except OSError:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
                 pass
-        shutil.rmtree(self.slot, ignore_errors=True)
+        self.reader.wait(10)
+        for fd in (self.stdin_w, self.pidfd, self.channel_r):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self.stdin_w = self.pidfd = self.channel_r = -1
+        try:
+            os.close(self.stderr_r)
+        except OSError:
+            pass
 
 
 class Sandbox:
@@ -270,13 +413,16 @@ class Sandbox:
     ``hidden`` are paths a child must not be able to read (the data dir), checked
     by every child after it confined itself. ``entry`` (``module:function``) replaces
     the engine inside the child; the confinement tests use it to run code no engine
-    would run.
+    would run. ``warm_spares`` keeps a zygote per framework (off: a fresh interpreter
+    per job); ``zygotes`` shares a pool of them between sandboxes (tests), else the
+    sandbox has its own. ``uids`` is the range of per-job uids (``EDGEAI_SANDBOX_UIDS``).
     """
 
     def __init__(self, root: Path, limits: Limits, *, warm_spares: bool = True,
                  mode: str = "strict", skip: tuple[str, ...] = (),
                  hidden: tuple[str, ...] = (), extra_read_only: tuple[str, ...] = (),
-                 entry: str | None = None):
+                 entry: str | None = None, uids: str = DEFAULT_UIDS,
+                 zygotes: ZygotePool | None = None):
         if mode not in MODES:
             raise ValueError(f"sandbox mode {mode!r}; allowed: {', '.join(MODES)}")
         self.root = Path(root).resolve()
@@ -287,40 +433,45 @@ class Sandbox:
         self.hidden = tuple(str(Path(path).resolve()) for path in hidden)
         self.extra_read_only = tuple(str(path) for path in extra_read_only)
         self.entry = entry
-        self.user = sandbox_user()
+        self.seats = Seats(parse_uid_range(uids) if "identity" not in self.skip else None,
+                           threads=limits.threads)
         self.slots_dir = self.root / "slots"
-        for path in (self.root, self.slots_dir):
+        self.trash_dir = self.root / "trash"
+        for path in (self.root, self.slots_dir, self.trash_dir):
             path.mkdir(parents=True, exist_ok=True)
-            # Traverse-only: without a view (a kernel that refuses one) the sandbox user
-            # must still reach its own slot; it can never list what else is here.
-            os.chmod(path, 0o711)
+        os.chmod(self.root, 0o711)
+        os.chmod(self.slots_dir, 0o711)  # without a view the job must reach its own slot
+        os.chmod(self.trash_dir, 0o700)
+        self.slots_fd = os.open(self.slots_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+                                | os.O_CLOEXEC)
+        why_no_loop = disk.loop_devices_usable()
+        if "view" in self.skip:
+            why_no_loop = "the view is skipped (a job's disk is mounted inside it)"
+        self.disk_mode = "folder" if why_no_loop else "image"
+        self.disk_note = why_no_loop
         self._remove_orphan_slots()
-        self._spares: dict[str, _Child] = {}
-        self._lock = threading.Lock()
+        self._own_pool = zygotes is None
+        self.pool = zygotes if zygotes is not None else ZygotePool()
         self._closed = False
         self.status: dict[str, Any] = {}
 
     # -- setup -------------------------------------------------------------
     def _remove_orphan_slots(self) -> None:
-        """Delete slots left by server processes that no longer exist."""
+        """Delete slots left by server processes that no longer exist. Never raises:
+        a slot that cannot be removed is moved aside and logged."""
         for slot in self.slots_dir.iterdir():
             owner = slot.name.split("-", 1)[0]
             if owner.isdigit() and not Path(f"/proc/{owner}").exists():
-                shutil.rmtree(slot, ignore_errors=True)
+                removal = remove_tree(slot, quarantine=self.trash_dir)
+                if removal.problems:
+                    log.warning("orphan sandbox slot %s: %s", slot.name,
+                                "; ".join(removal.problems[:5]))
 
-    def new_slot(self) -> Path:
-        """An empty folder that only the sandbox user may use."""
-        slot = self.slots_dir / f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
-        slot.mkdir(mode=0o700)
-        if self.user:
-            os.chown(slot, *self.user)
-        return slot
-
-    def confine_spec(self, slot: Path) -> dict[str, Any]:
+    def confine_spec(self, slot: _Slot, seat: Seat) -> dict[str, Any]:
         """What the child passes to :func:`edgeai.sandbox.confine.confine`."""
         return {"parent_pid": os.getpid(), "limits": self.limits.child_limits(),
-                "slot": str(slot), "uid": self.user[0] if self.user else None,
-                "gid": self.user[1] if self.user else None, "skip": list(self.skip),
+                "job": slot.job, "inputs": str(slot.path / "inputs"), "uid": seat.uid,
+                "gid": seat.gid, "cpus": list(seat.cpus), "skip": list(self.skip),
                 "hidden": list(self.hidden), "extra_read_only": list(self.extra_read_only),
                 "tmpfs_mb": self.limits.tmpfs_mb}
 
@@ -349,19 +500,47 @@ class Sandbox:
         env.update({k: os.environ[k] for k in _PASSTHROUGH_ENV if k in os.environ})
         return env
 
+    def bounds(self) -> dict[str, Any]:
+        """The resource bounds every job gets here (``/healthz`` and every report)."""
+        limits = self.limits
+        disk_text = (f"{limits.disk_mb} MB" if limits.disk_mb else
+                     "4 x the uploads + 1024 MB")
+        return {
+            "disk": {"mb": limits.disk_mb or None, "size": disk_text,
+                     "enforced_by": ("the kernel (a loop-mounted ext4 image per job)"
+                                     if self.disk_mode == "image" else
+                                     f"the supervisor, walking the job's folder every "
+                                     f"{WATCH_SECONDS} s ({self.disk_note})")},
+            "memory": {"mb": limits.memory_mb, "shm_mb": limits.tmpfs_mb,
+                       "enforced_by": "RLIMIT_DATA per process, and the supervisor summing "
+                                      "every process of the job's uid (anonymous and shared "
+                                      f"pages) every {WATCH_SECONDS} s; memfd and System V "
+                                      "shared memory refused"},
+            "processes": {"max": limits.processes,
+                          "enforced_by": ("RLIMIT_NPROC of a uid per job "
+                                          f"({self.seats.describe()['uids']})"
+                                          if self.seats.uids else
+                                          "RLIMIT_NPROC of the server's user (no uid per job "
+                                          "without root)")},
+            "cpu": {"threads": limits.threads, "cores": self.seats.cores,
+                    "enforced_by": "sched_setaffinity per job (seats on distinct cores where "
+                                   "there are enough), nice 10; seccomp refuses changing them"},
+            "cgroups": "not used (see the README: a cgroup v2 delegation is not assumed)",
+        }
+
     def probe(self, timeout: float = 60) -> dict[str, Any]:
         """Start a child that only confines itself and reports; remember and log what
         is in force (``self.status``, shown by ``/healthz`` and every job's report)."""
-        child = _Child(self, "probe", probe=True)
-        try:
-            child.ready.wait(timeout)
-            confinement = child.confinement or {
-                "layers": {}, "notes": {"probe": child.log_tail() or "the probe did not start"}}
-        finally:
-            child.close()
+        confinement = self._probe_once(timeout)
+        if confinement is None and self.disk_mode == "image":
+            self.disk_mode, self.disk_note = "folder", "a loop-mounted disk failed in the probe"
+            confinement = self._probe_once(timeout)
+        if confinement is None:
+            confinement = {"layers": {}, "notes": {"probe": "the probe did not start"}}
         missing = missing_walls(confinement.get("layers") or {})
         self.status = {"mode": self.mode, **confinement, "missing_walls": missing,
-                       "code_jobs": "refused" if missing and self.mode == "strict" else "run"}
+                       "code_jobs": "refused" if missing and self.mode == "strict" else "run",
+                       "bounds": self.bounds()}
         layers = confinement.get("layers") or {}
         log.info("sandbox layers in force: %s", ", ".join(
             layer for layer, state in layers.items() if state) or "none")
@@ -376,55 +555,122 @@ class Sandbox:
                         "files. !!!", ", ".join(missing), confinement.get("notes"))
         return self.status
 
-    def prepare_spares(self, frameworks: tuple[str, ...]) -> None:
-        """Start a warm spare for each framework now (server start-up)."""
+    def _probe_once(self, timeout: float) -> dict[str, Any] | None:
+        seat = self.seats.acquire(timeout)
+        slot = child = None
+        try:
+            slot = _Slot(self, {}, seat, PROBE_DISK_MB, self.disk_mode)
+            child = _Child(self, "probe", slot, seat, staging_fd=slot.fd, stem="probe",
+                           probe=True)
+            child.reader.ready.wait(timeout)
+            if child.reader.received.confinement is None:
+                log.warning("sandbox probe (%s disk): %s", self.disk_mode,
+                            child.log_tail() or "no report")
+            return child.reader.received.confinement
+        finally:
+            if child is not None:
+                child.close()
+            if slot is not None:
+                slot.remove()
+            self.seats.release(seat)
+
+    # -- zygotes -----------------------------------------------------------
+    def prepare(self, frameworks: tuple[str, ...]) -> None:
+        """Start a zygote for each framework now (server start-up)."""
         if not self.warm_spares:
             return
         for framework in frameworks:
-            with self._lock:
-                if framework not in self._spares and not self._closed:
-                    self._spares[framework] = _Child(self, framework)
+            self.pool.get(framework, self.child_env(), self.entry)
 
-    def _take_child(self, framework: str) -> _Child:
-        with self._lock:
-            child = self._spares.pop(framework, None)
-            if self.warm_spares and not self._closed:
-                self._spares[framework] = _Child(self, framework)
-        if child is None or not child.alive():
-            if child is not None:
-                child.close()
-            child = _Child(self, framework)
-        return child
+    prepare_spares = prepare
+
+    def zygote_for(self, framework: str) -> Zygote | None:
+        """The framework's zygote, waiting while it starts; None where none can serve (a
+        fresh interpreter is started instead)."""
+        if not self.warm_spares or self._closed:
+            return None
+        zygote = self.pool.get(framework, self.child_env(), self.entry)
+        if zygote is None:
+            return None
+        zygote.ready.wait(self.limits.spare_ready_seconds)
+        if zygote.usable():
+            return zygote
+        log.warning("zygote %s cannot fork (%s): starting a fresh interpreter", framework,
+                    zygote.why_not())
+        return None
+
+    def zygotes(self) -> dict[str, dict[str, Any]]:
+        """Each zygote's state (``/healthz``, metrics): ready, fork-safe, memory."""
+        return {zygote.framework: {"ready": zygote.usable(), "pid": zygote.proc.pid,
+                                   "rss_mb": round(zygote.rss_mb(), 1), **zygote.info}
+                for zygote in self.pool.all()}
 
     # -- running -----------------------------------------------------------
     def run(self, job: PruneJob, staging: Path, *, brings_code: str | None = None,
             cancel: threading.Event | None = None,
             progress: ProgressListener | None = None) -> PruneResult:
-        """Run ``job`` confined; move what it produced into ``staging`` (a server folder).
+        """Run ``job`` confined; put what it produced into ``staging`` (a server folder).
 
-        ``job.inputs`` are server paths; the child gets links to them in its slot.
+        ``job.inputs`` are server paths; the child sees links to them, read-only.
         ``brings_code`` says what in the job would run as code (None if nothing):
         such a job needs every wall. Setting ``cancel`` kills the child. ``progress``
         is called, about five times a second while the child runs, with the phase and
-        fraction it last reported (:func:`read_progress`; only valid reports). Returns
-        the result with ``artifact`` (and every file named in ``report["artifacts"]``)
-        in ``staging``. Raises :class:`JobFailed` with the reason on any failure.
+        fraction it last reported (only valid reports). Returns the result with every
+        artifact in ``staging`` under the server's names. Raises :class:`JobFailed`
+        with the reason on any failure.
         """
-        child = self._take_child(job.framework)
+        staging = Path(staging)
+        staging.mkdir(parents=True, exist_ok=True, mode=0o700)
+        staging_fd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+                             | os.O_CLOEXEC)
         try:
+            seat = self.seats.acquire()
+        except NoSeat as error:
+            os.close(staging_fd)
+            raise JobFailed(f"The server is busy: {error}. Submit the job again.") from None
+        slot = child = None
+        try:
+            slot = _Slot(self, job.inputs, seat, self._disk_mb(job), self.disk_mode)
+            child = _Child(self, job.framework, slot, seat, staging_fd, job.output_stem)
             self._await_ready(child)
             self._check_walls(child, brings_code)
-            return self._supervise(child, self._hand_over(child, job), Path(staging), cancel,
-                                   progress)
+            child.send_job(self._as_seen(job, child))
+            self._wait(child, slot, cancel, progress)
+            child.kill()  # the job is over: nothing of it may outlive its result
+            child.reader.wait(10)
+            return self._result(child, slot, job, staging_fd)
+        except ZygoteUnavailable as error:
+            raise JobFailed(f"Pruning failed: the pruning process could not start ({error}).") \
+                from None
         finally:
-            child.close()
+            if child is not None:
+                child.close()
+            if slot is not None:
+                slot.remove()
+            self.seats.release(seat)
+            os.close(staging_fd)
+
+    def _disk_mb(self, job: PruneJob) -> int:
+        if self.limits.disk_mb:
+            return self.limits.disk_mb
+        total = 0
+        for path in job.inputs.values():
+            try:
+                total += os.stat(path).st_size
+            except OSError:
+                pass
+        return disk.default_size_mb(total)
 
     def _await_ready(self, child: _Child) -> None:
         started = time.monotonic()
-        while not child.ready.wait(0.2):
-            if not child.alive() or time.monotonic() - started > self.limits.spare_ready_seconds:
+        while not child.reader.ready.wait(0.05):
+            if child.exited(0) or time.monotonic() - started > self.limits.spare_ready_seconds:
                 child.kill()
                 raise JobFailed(self._death_reason(child, "the pruning process did not start"))
+        if child.reader.received.confinement is None:
+            child.kill()
+            child.exited(2)
+            raise JobFailed(self._death_reason(child, "the pruning process did not start"))
 
     def _check_walls(self, child: _Child, brings_code: str | None) -> None:
         missing = missing_walls(child.confinement.get("layers") or {})
@@ -436,121 +682,89 @@ class Sandbox:
                 "README's sandbox section) or set EDGEAI_SANDBOX=weak. Jobs whose files hold "
                 "no code still run.")
 
-    def _hand_over(self, child: _Child, job: PruneJob) -> PruneJob:
-        """Link the inputs into the child's slot; return the job as the child sees it
-        (the slot is ``/job`` in the child's view)."""
-        inputs_dir, output_dir = child.slot / "inputs", child.slot / "out"
-        inputs_dir.mkdir(mode=0o755)
-        output_dir.mkdir(mode=0o700)
-        if self.user:
-            os.chown(output_dir, *self.user)
-        seen_as = child.confinement.get("workdir") or str(child.slot)
-        inputs = {}
-        for role, source in job.inputs.items():
-            target = inputs_dir / f"{role}.upload"
-            try:
-                os.link(source, target)
-            except OSError:  # another file system
-                shutil.copyfile(source, target)
-            os.chmod(target, 0o444)  # readable by the sandbox user, never writable
-            inputs[role] = f"{seen_as}/inputs/{target.name}"
-        # The job may plan its optional steps (fine-tuning) against its time limit.
+    def _as_seen(self, job: PruneJob, child: _Child) -> PruneJob:
+        """The job as the child sees it: its inputs in its ``inputs`` folder, its output
+        folder in its own disk; a deadline for its optional steps (fine-tuning)."""
+        confinement = child.confinement
+        inputs_dir = str(confinement.get("inputs"))
+        workdir = str(confinement.get("workdir"))
         deadline = time.time() + max(0.0, self.limits.timeout - 30)
-        return replace(job, inputs=inputs, output_dir=f"{seen_as}/out",
-                       options={**job.options, "deadline": deadline})
+        return replace(job, inputs={role: f"{inputs_dir}/{role}.upload" for role in job.inputs},
+                       output_dir=f"{workdir}/out", options={**job.options, "deadline": deadline})
 
-    def _supervise(self, child: _Child, job: PruneJob, staging: Path,
-                   cancel: threading.Event | None,
-                   progress: ProgressListener | None) -> PruneResult:
-        try:
-            child.proc.stdin.write((json.dumps({"job": job.to_dict()}) + "\n").encode())
-            child.proc.stdin.close()
-        except (BrokenPipeError, ValueError):
-            child.kill()
-            raise JobFailed(self._death_reason(child, "the pruning process exited early")) from None
-        self._wait(child, cancel, progress)
-        payload = self._read_result(child)
-        if not payload.get("ok"):
-            raise JobFailed(bounded(payload.get("error") or "Pruning failed for an unknown "
-                                    "reason.", MAX_ERROR_CHARS))
-        report = payload.get("report") if isinstance(payload.get("report"), dict) else {}
-        artifact = payload.get("artifact")
-        names = {artifact, *(name for name in (report.get("artifacts") or {}).values() if name)}
-        moved = {name: self._collect(child.slot / "out", str(name), staging) for name in names}
-        if not moved.get(artifact):
-            raise JobFailed("The pruning process did not produce its model file.")
-        report["artifacts"] = {key: name if moved.get(name) else None
-                               for key, name in (report.get("artifacts") or {}).items()}
-        return PruneResult(artifact=str(artifact),
-                           message=bounded(payload.get("message") or "", MAX_MESSAGE_CHARS),
-                           report=report)
-
-    def _wait(self, child: _Child, cancel: threading.Event | None,
+    def _wait(self, child: _Child, slot: _Slot, cancel: threading.Event | None,
               progress: ProgressListener | None) -> None:
         limits = self.limits
         deadline = time.monotonic() + limits.timeout
-        while True:
-            try:
-                child.proc.wait(timeout=0.2)
-                return
-            except subprocess.TimeoutExpired:
-                pass
+        while not child.exited(WATCH_SECONDS):
             if progress is not None:
-                news = read_progress(child.slot)
+                news = child.reader.progress()
                 if news is not None:
                     progress(*news)
-            if cancel is not None and cancel.is_set():
+            stop = None
+            if child.reader.received.error:
+                stop = f"Pruning failed: the job broke the sandbox's protocol: " \
+                       f"{child.reader.received.error}."
+            elif cancel is not None and cancel.is_set():
+                stop = "The server stopped while this job ran."
+            elif time.monotonic() > deadline:
+                stop = (f"The job took longer than the {limits.timeout} s limit "
+                        "(EDGEAI_JOB_TIMEOUT) and was stopped.")
+            elif child.over_memory(limits.memory_mb):
+                stop = (f"The job used more than the {limits.memory_mb} MB memory limit "
+                        "(EDGEAI_JOB_MEMORY_MB) and was stopped.")
+            elif slot.full():
+                stop = self._disk_reason(slot)
+            if stop:
                 child.kill()
-                raise JobFailed("The server stopped while this job ran.")
-            if time.monotonic() > deadline:
-                child.kill()
-                raise JobFailed(f"The job took longer than the {limits.timeout} s limit "
-                                "(EDGEAI_JOB_TIMEOUT) and was stopped.")
-            if child.rss_mb() > limits.memory_mb:
-                child.kill()
-                raise JobFailed(f"The job used more than the {limits.memory_mb} MB memory limit "
-                                "(EDGEAI_JOB_MEMORY_MB) and was stopped.")
+                raise JobFailed(stop)
 
-    def _read_result(self, child: _Child) -> dict[str, Any]:
-        """The child's ``result.json``, read by :func:`read_slot_json` (at most
-        :data:`MAX_RESULT_BYTES`) and a JSON object, or the job fails saying why."""
-        try:
-            payload = read_slot_json(child.slot / "result.json", MAX_RESULT_BYTES)
-        except SlotFileError as error:
-            if error.kind == "missing":
-                raise JobFailed(self._death_reason(child, "the pruning process crashed")) \
-                    from None
-            raise JobFailed(f"The pruning process wrote an {error.kind} result.") from None
-        if not isinstance(payload, dict):
-            raise JobFailed("The pruning process wrote an unreadable result.")
-        return payload
+    def _disk_reason(self, slot: _Slot) -> str:
+        setting = (f"EDGEAI_JOB_DISK_MB={self.limits.disk_mb}" if self.limits.disk_mb else
+                   "EDGEAI_JOB_DISK_MB, by default 4 x the uploads + 1024 MB")
+        return (f"The job filled its {slot.disk_mb} MB disk ({setting}) and was stopped.")
 
-    def _collect(self, output_dir: Path, name: str, staging: Path) -> bool:
-        """Move ``output_dir/name`` into ``staging`` if it is a plain file with a bare
-        name (never a link, a device or a second name of another file)."""
-        if not name or Path(name).name != name or name.startswith("."):
-            return False
-        source = output_dir / name
+    def _result(self, child: _Child, slot: _Slot, job: PruneJob, staging_fd: int) -> PruneResult:
+        received = child.reader.received
+        if received.error:
+            raise JobFailed(f"Pruning failed: the job broke the sandbox's protocol: "
+                            f"{received.error}.")
+        result = received.result
+        if result is None:
+            if slot.full():
+                raise JobFailed(self._disk_reason(slot))
+            raise JobFailed(self._death_reason(child, "the pruning process crashed"))
+        if not result.get("ok"):
+            if slot.full():
+                raise JobFailed(self._disk_reason(slot))
+            raise JobFailed(clean_text(result.get("error") or
+                                       "Pruning failed for an unknown reason.", MAX_ERROR_CHARS))
         try:
-            info = os.lstat(source)
-        except OSError:
-            return False
-        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
-            return False
-        staging.mkdir(parents=True, exist_ok=True, mode=0o700)
-        target = staging / name
-        try:
-            os.rename(source, target)
-        except OSError:
-            shutil.copyfile(source, target, follow_symlinks=False)
-        # The child is dead and ``staging`` is the server's own: no link can appear here.
-        os.chmod(target, 0o600)
-        if os.getuid() == 0:
-            os.chown(target, 0, 0)
-        return True
+            report = check_report(result.get("report"))
+        except ReportRejected as error:
+            raise JobFailed(f"Pruning failed: the job's report was refused: {error}.") from None
+        files = received.files
+        if "model" not in files:
+            raise JobFailed("The pruning process did not produce its model file.")
+        listed = {key for key in (report.get("artifacts") or {}) if key in files}
+        for key, name in files.items():  # what the report does not list is not kept
+            if key != "model" and key not in listed:
+                try:
+                    os.unlink(name, dir_fd=staging_fd)
+                except OSError:
+                    pass
+        report["artifacts"] = {key: files.get(key) for key in (report.get("artifacts") or {})}
+        report["artifacts"]["model"] = files["model"]
+        report["sandbox"] = {**child.confinement, **_stats(result.get("stats")),
+                             "bounds": self.bounds(), "disk_mb": slot.disk_mb,
+                             "start_ms": round((child.reader.ready_at - child.started) * 1000, 1)
+                             if child.reader.ready_at else None}
+        return PruneResult(artifact=files["model"],
+                           message=clean_text(result.get("message") or "", MAX_MESSAGE_CHARS),
+                           report=report)
 
     def _death_reason(self, child: _Child, what: str) -> str:
-        code = child.proc.poll()
+        code = child.returncode()
         if code is None:
             how = "it was stopped"
         elif code < 0:
@@ -565,9 +779,24 @@ class Sandbox:
         return f"Pruning failed: {what} ({how})." + (f" Last output: {tail}" if tail else "")
 
     def close(self) -> None:
-        """Stop the spares (server shutdown)."""
-        with self._lock:
-            self._closed = True
-            spares, self._spares = list(self._spares.values()), {}
-        for child in spares:
-            child.close()
+        """Stop the zygotes (server shutdown), unless they are a shared pool's."""
+        self._closed = True
+        if self._own_pool:
+            self.pool.close()
+        try:
+            os.close(self.slots_fd)
+        except OSError:
+            pass
+
+
+def _stats(value: Any) -> dict[str, float]:
+    """The child's own figures (warm-up, job seconds, peak memory), kept only as finite
+    non-negative numbers under known names."""
+    import math
+
+    if not isinstance(value, dict):
+        return {}
+    return {key: round(float(value[key]), 3) for key in ("warm_up_seconds", "job_seconds",
+                                                         "peak_rss_mb")
+            if isinstance(value.get(key), (int, float)) and not isinstance(value[key], bool)
+            and math.isfinite(value[key]) and 0 <= value[key] < 1e9}

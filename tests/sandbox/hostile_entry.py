@@ -4,7 +4,7 @@ Only the confinement tests use it (``Sandbox(entry="tests.sandbox.hostile_entry:
 the server never sets an entry. No check stands between this and the code, so what
 the code achieves is exactly what the walls allow. Whatever the code gathered in
 ``loot`` is handed back through every channel the server returns to a client: the
-model file, the status message and the report.
+model file (as JSON) and the status message.
 """
 from __future__ import annotations
 
@@ -27,4 +27,4 @@ def run(job):
         with open(os.path.join(job.output_dir, artifact), "w") as handle:
             handle.write(text)
     return PruneResult(artifact=artifact, message=namespace.get("message", text),
-                       report={"loot": loot, "artifacts": {"model": artifact}})
+                       report=namespace.get("report", {"artifacts": {"model": artifact}}))

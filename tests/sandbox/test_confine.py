@@ -64,7 +64,7 @@ def host(tmp_path):
 
 def confined(host: Path, body: str, skip: tuple[str, ...] = (), **spec) -> dict:
     """Run ``body`` after ``confine()`` in a fresh interpreter; return its report and results."""
-    settings = {"parent_pid": os.getpid(), "slot": str(host / "slot"),
+    settings = {"parent_pid": os.getpid(), "job": {"folder": str(host / "slot")},
                 "uid": 65534 if ROOT else None, "gid": 65534 if ROOT else None,
                 "skip": list(skip), "hidden": [str(host / "data")], "tmpfs_mb": 16,
                 "limits": {"memory_mb": 4096, "cpu_seconds": 120, "file_mb": 64,
@@ -217,7 +217,9 @@ def test_network_namespace_reaches_nothing_not_even_the_servers_loopback(host):
 @needs_root
 def test_seccomp_alone_denies_the_calls_that_cross_walls(host):
     """With only the seccomp filter: ptrace, unshare, mount, setns, bpf, io_uring, keyctl
-    and non-Unix sockets fail; ordinary work (threads, Unix sockets) goes on."""
+    and non-Unix sockets fail, and so do widening the job's cores, changing its priority,
+    memory no RSS shows (memfd, System V) and leaving its death signal; ordinary work
+    (threads, Unix sockets) goes on."""
     out = confined(host, """
         libc = ctypes.CDLL(None, use_errno=True)
         def call(fn, *args):
@@ -231,6 +233,12 @@ def test_seccomp_alone_denies_the_calls_that_cross_walls(host):
         attempt("io_uring_setup", call(libc.syscall, 425, 1, None))
         attempt("bpf", call(libc.syscall, 321, 0, None, 0))
         attempt("keyctl", call(libc.syscall, 250, 0, 0, 0, 0, 0))
+        attempt("widen cores", lambda: os.sched_setaffinity(0, range(os.cpu_count())))
+        attempt("raise priority", lambda: os.setpriority(os.PRIO_PROCESS, 0, -5))
+        attempt("lower priority", lambda: os.setpriority(os.PRIO_PROCESS, 0, 15))
+        attempt("memfd", lambda: os.memfd_create("hidden"))
+        attempt("sysv shm", call(libc.shmget, 0, 1 << 20, 0o1600))
+        attempt("clear death signal", call(libc.prctl, 1, 0, 0, 0, 0))
         attempt("inet socket", lambda: socket.socket(socket.AF_INET).close())
         attempt("inet6 socket", lambda: socket.socket(socket.AF_INET6).close())
         attempt("unix socketpair", lambda: [s.close() for s in socket.socketpair()] and None)
@@ -239,7 +247,9 @@ def test_seccomp_alone_denies_the_calls_that_cross_walls(host):
     """, skip=("view", "pid", "network", "identity", "landlock"))
     assert out["report"]["layers"]["seccomp"] is True
     results = out["results"]
-    for name in ("ptrace traceme", "unshare user", "mount", "io_uring_setup", "bpf", "keyctl"):
+    for name in ("ptrace traceme", "unshare user", "mount", "io_uring_setup", "bpf", "keyctl",
+                 "widen cores", "raise priority", "lower priority", "memfd", "sysv shm",
+                 "clear death signal"):
         assert results[name] == "denied:EPERM", (name, results[name])
     assert results["inet socket"] == results["inet6 socket"] == "denied:EAFNOSUPPORT"
     assert results["unix socketpair"] == "ok" and results["thread"] == "ok"
@@ -269,7 +279,8 @@ def test_confinement_refuses_to_start_once_a_thread_runs(host):
         from edgeai.sandbox.confine import confine, ConfinementError
         threading.Thread(target=time.sleep, args=(5,), daemon=True).start()
         try:
-            confine({{"parent_pid": 0, "slot": {str(host / 'slot')!r}, "limits": {{}}}})
+            spec = {{"parent_pid": 0, "job": {{"folder": {str(host / 'slot')!r}}}}}
+            confine({{**spec, "limits": {{}}}})
         except ConfinementError as error:
             print("refused:", error)
     """)
@@ -298,3 +309,58 @@ def test_a_path_left_readable_is_caught_by_the_read_back(host):
     report = out["report"]
     assert report["layers"]["view"] is False
     assert report["notes"]["view"].startswith("readable despite the confinement")
+
+
+@needs_root
+def test_the_job_is_pinned_to_its_cores(host):
+    """``cpus`` pins the job and every thread it starts; it cannot widen them."""
+    out = confined(host, """
+        results["main"] = sorted(os.sched_getaffinity(0))
+        seen = []
+        thread = threading.Thread(target=lambda: seen.append(sorted(os.sched_getaffinity(0))))
+        thread.start(); thread.join()
+        results["thread"] = seen[0]
+        attempt("widen", lambda: os.sched_setaffinity(0, range(os.cpu_count())))
+    """, cpus=[0])
+    assert out["report"]["cpus"] == [0]
+    assert out["results"]["main"] == out["results"]["thread"] == [0]
+    assert out["results"]["widen"] == "denied:EPERM"
+
+
+needs_loop = pytest.mark.skipif(ROOT and __import__("edgeai.sandbox.disk", fromlist=["x"])
+                                .loop_devices_usable() is not None,
+                                reason="needs loop devices and mkfs.ext4")
+
+
+@needs_root
+@needs_loop
+def test_the_jobs_disk_is_an_image_it_cannot_outgrow(host):
+    """With ``{"image": ...}`` the job's /job and /tmp are a file system of a fixed size,
+    mounted only in the job's namespace: writing past it fails with ENOSPC, the host's
+    disk holds no more than the image, and the host never sees the mount."""
+    from edgeai.sandbox.disk import allocated_bytes, make_image
+
+    folder = os.open(host / "slot", os.O_RDONLY | os.O_DIRECTORY)
+    image = make_image(folder, "disk.img", 16, 65534, 65534)
+    os.close(folder)
+    out = confined(host, """
+        results["root"] = sorted(os.listdir("/job"))
+        results["owner"] = os.stat("/job/out").st_uid
+        def fill(path):
+            with open(path, "wb") as handle:
+                for _ in range(64):
+                    handle.write(b"x" * (1 << 20))
+        attempt("fill /job", lambda: fill("/job/out/big"))
+        attempt("fill /tmp", lambda: fill("/tmp/more"))
+        attempt("many files", lambda: [open(f"/job/f{i}", "w").close() for i in range(200_000)])
+    """, job={"image": str(host / "slot" / "disk.img")})
+    results = out["results"]
+    assert out["report"]["disk"] == "image" and out["report"]["workdir"] == "/job"
+    assert {"out", ".tmp"} <= set(results["root"]) and results["owner"] == 65534
+    for name in ("fill /job", "fill /tmp", "many files"):
+        assert results[name] == "denied:ENOSPC", (name, results[name])
+    assert allocated_bytes(image) <= 17 << 20
+    os.close(image)
+    with open("/proc/self/mountinfo") as mounts:
+        assert str(host) not in mounts.read()
+    host_untouched(host)

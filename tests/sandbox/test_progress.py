@@ -1,14 +1,13 @@
-"""The job's progress file is hostile input: the supervisor takes only what is valid.
+"""A job's progress reports are hostile input: the supervisor takes only what is valid.
 
-The child (running the job's own code) rewrites ``progress.json`` in its slot; the
-supervisor reads it several times a second. Whatever the file is, too big, not
-JSON, nested past the parser's depth, a phase that is not the pipeline's, a
-fraction out of range or NaN, a link, a pipe, a folder, it is ignored, never
-followed, never blocked on, and the job goes on.
+The child reports progress as small frames on its channel (``P`` frames, see
+:mod:`edgeai.sandbox.channel`); once the job's code runs, it can write any frame it
+likes there. A report that is not JSON, nested past the parser's depth, a phase that
+is not the pipeline's, a fraction out of range or NaN is ignored and the job goes on;
+a report larger than the bound breaks the protocol and fails the job.
 """
 from __future__ import annotations
 
-import json
 import os
 import textwrap
 import uuid
@@ -17,90 +16,95 @@ from pathlib import Path
 import pytest
 
 from edgeai.pruning import PruneJob
-from edgeai.sandbox import Limits, Sandbox
-from edgeai.sandbox.supervisor import MAX_PROGRESS_BYTES, read_progress
+from edgeai.sandbox import JobFailed, Limits, Sandbox
+from edgeai.sandbox.channel import MAX_PROGRESS_BYTES, parse_progress
 
 REPO = Path(__file__).resolve().parents[2]
 
 HOSTILE = {
-    "huge": lambda path: path.write_text(json.dumps({"phase": "pruning", "progress": 0.5,
-                                                     "pad": "x" * (1 << 20)})),
-    "just over the bound": lambda path: path.write_text(
-        json.dumps({"phase": "pruning", "progress": 0.5}).ljust(MAX_PROGRESS_BYTES + 1)),
-    "garbage": lambda path: path.write_bytes(os.urandom(200)),
-    "deeply nested": lambda path: path.write_text("[" * MAX_PROGRESS_BYTES),
-    "not an object": lambda path: path.write_text('["pruning", 0.5]'),
-    "unknown phase": lambda path: path.write_text('{"phase": "rm -rf /", "progress": 0.5}'),
-    "the queue's phase": lambda path: path.write_text('{"phase": "done", "progress": 1}'),
-    "phase not a string": lambda path: path.write_text('{"phase": ["pruning"], "progress": 0}'),
-    "NaN": lambda path: path.write_text('{"phase": "pruning", "progress": NaN}'),
-    "Infinity": lambda path: path.write_text('{"phase": "pruning", "progress": Infinity}'),
-    "over one": lambda path: path.write_text('{"phase": "pruning", "progress": 1.5}'),
-    "negative": lambda path: path.write_text('{"phase": "pruning", "progress": -0.1}'),
-    "a boolean": lambda path: path.write_text('{"phase": "pruning", "progress": true}'),
-    "a string": lambda path: path.write_text('{"phase": "pruning", "progress": "0.5"}'),
-    "a link": lambda path: path.symlink_to(path.parent / "elsewhere.json"),
-    "a pipe": lambda path: os.mkfifo(path),
-    "a folder": lambda path: path.mkdir(),
+    "garbage": os.urandom(200),
+    "deeply nested": b"[" * MAX_PROGRESS_BYTES,
+    "not an object": b'["pruning", 0.5]',
+    "unknown phase": b'{"phase": "rm -rf /", "progress": 0.5}',
+    "the queue's phase": b'{"phase": "done", "progress": 1}',
+    "phase not a string": b'{"phase": ["pruning"], "progress": 0}',
+    "NaN": b'{"phase": "pruning", "progress": NaN}',
+    "Infinity": b'{"phase": "pruning", "progress": Infinity}',
+    "over one": b'{"phase": "pruning", "progress": 1.5}',
+    "negative": b'{"phase": "pruning", "progress": -0.1}',
+    "a boolean": b'{"phase": "pruning", "progress": true}',
+    "a string": b'{"phase": "pruning", "progress": "0.5"}',
+    "not UTF-8": b'{"phase": "pruning\xff", "progress": 0.5}',
 }
 
 
 @pytest.mark.parametrize("kind", list(HOSTILE))
-def test_a_hostile_progress_file_is_ignored(tmp_path, kind):
-    (tmp_path / "elsewhere.json").write_text('{"phase": "pruning", "progress": 0.5}')
-    HOSTILE[kind](tmp_path / "progress.json")
-    assert read_progress(tmp_path) is None
+def test_a_hostile_progress_report_is_ignored(kind):
+    assert parse_progress(HOSTILE[kind]) is None
 
 
 @pytest.mark.parametrize("content, expected", [
-    ('{"phase": "pruning", "progress": 0.25}', ("pruning", 0.25)),
-    ('{"phase": "loading", "progress": null}', ("loading", None)),
-    ('{"phase": "fine-tuning", "progress": 1}', ("fine-tuning", 1.0)),
-    ('{"phase": "saving", "progress": 0}', ("saving", 0.0)),
+    (b'{"phase": "pruning", "progress": 0.25}', ("pruning", 0.25)),
+    (b'{"phase": "loading", "progress": null}', ("loading", None)),
+    (b'{"phase": "fine-tuning", "progress": 1}', ("fine-tuning", 1.0)),
+    (b'{"phase": "saving", "progress": 0}', ("saving", 0.0)),
 ])
-def test_a_valid_progress_file_is_read(tmp_path, content, expected):
-    (tmp_path / "progress.json").write_text(content)
-    assert read_progress(tmp_path) == expected
-    assert read_progress(tmp_path / "missing") is None
+def test_a_valid_progress_report_is_read(content, expected):
+    assert parse_progress(content) == expected
 
 
 ATTACK = textwrap.dedent("""
-    import json, os, time
-    def settle(seconds=0.3):
-        time.sleep(seconds)  # the supervisor looks every 0.2 s
-    def write(text):
-        with open(".tmp", "w") as handle:
-            handle.write(text)
-        os.replace(".tmp", "progress.json")
-    write('{"phase": "analysing", "progress": 0.2}'); settle(0.6)
-    write('{"phase": "pruning", "progress": NaN}'); settle()
-    write(json.dumps({"phase": "pruning", "progress": 0.3, "pad": "x" * 100000})); settle()
-    write('{"phase": "exfiltrating", "progress": 0.4}'); settle()
-    os.remove("progress.json"); os.mkfifo("progress.json"); settle()
-    os.remove("progress.json"); os.symlink("/etc/passwd", "progress.json"); settle()
-    os.remove("progress.json")
-    write('{"phase": "saving", "progress": 0.9}'); settle(0.6)
+    import json, os, struct, time
+    def frame(body, kind=b"P"):
+        os.write(3, struct.pack(">cQ", kind, len(body)) + body)
+        time.sleep(0.3)  # the supervisor looks every 0.2 s
+    frame(b'{"phase": "analysing", "progress": 0.2}'); time.sleep(0.3)
+    for body in options["hostile"]:
+        frame(body.encode("latin-1"))
+    frame(b'{"phase": "saving", "progress": 0.9}'); time.sleep(0.3)
+    if options.get("oversize"):
+        frame(b'{"phase": "saving", "progress": 0.9, "pad": "' + b"x" * 600 + b'"}')
 """)
+
+
+@pytest.fixture
+def sandbox(tmp_path):
+    sandbox = Sandbox(tmp_path / "sandbox", Limits(timeout=60), warm_spares=False,
+                      entry="tests.sandbox.hostile_entry:run",
+                      extra_read_only=(str(REPO / "tests"),))
+    yield sandbox
+    sandbox.close()
+
+
+def _job(tmp_path: Path, **options) -> PruneJob:
+    code = tmp_path / "attack.py"
+    code.write_text(ATTACK)
+    hostile = [body.decode("latin-1") for body in HOSTILE.values()]
+    return PruneJob(framework="pytorch", percent=0.5, omitted=(),
+                    inputs={"class_def": str(code)}, input_names={"class_def": "model.py"},
+                    output_dir="", output_stem=f"tmp{uuid.uuid4().hex[:8]}",
+                    options={"hostile": hostile, **options})
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox's view and identity drop need "
                     "the server to run as root here")
-def test_a_confined_job_reports_only_valid_progress(tmp_path):
-    """Through a real confined child: the listener hears the two valid reports, in order,
-    and nothing of the hostile ones; the job still finishes."""
-    sandbox = Sandbox(tmp_path / "sandbox", Limits(timeout=60), warm_spares=False,
-                      entry="tests.sandbox.hostile_entry:run",
-                      extra_read_only=(str(REPO / "tests"),))
-    code = tmp_path / "attack.py"
-    code.write_text(ATTACK)
-    job = PruneJob(framework="pytorch", percent=0.5, omitted=(),
-                   inputs={"class_def": str(code)}, input_names={"class_def": "model.py"},
-                   output_dir="", output_stem=f"tmp{uuid.uuid4().hex[:8]}", options={})
+def test_a_confined_job_reports_only_valid_progress(tmp_path, sandbox):
+    """Through a real confined child writing raw frames on its channel: the listener
+    hears the two valid reports, in order, and nothing of the hostile ones; the job
+    still finishes."""
+    job = _job(tmp_path)
     heard: list = []
-    try:
-        result = sandbox.run(job, tmp_path / "staging", brings_code="a class file",
-                             progress=lambda *news: heard.append(news))
-    finally:
-        sandbox.close()
+    result = sandbox.run(job, tmp_path / "staging", brings_code="a class file",
+                         progress=lambda *news: heard.append(news))
     assert result.artifact == f"{job.output_stem}.bin"
     assert list(dict.fromkeys(heard)) == [("analysing", 0.2), ("saving", 0.9)]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox's view and identity drop need "
+                    "the server to run as root here")
+def test_an_oversized_progress_report_fails_the_job(tmp_path, sandbox):
+    """A progress frame past the bound is not read at all: the job fails, saying so."""
+    with pytest.raises(JobFailed, match="broke the sandbox's protocol: sent a progress "
+                                        f"report of .* bytes \\(at most {MAX_PROGRESS_BYTES}"):
+        sandbox.run(_job(tmp_path, oversize=True), tmp_path / "staging",
+                    brings_code="a class file", progress=lambda *news: None)

@@ -88,6 +88,30 @@ class KerasPruner(Engine):
         except Exception:  # noqa: BLE001 - warming up is an optimisation only
             pass
 
+    def preload(self) -> bool:
+        """Import TensorFlow, Keras and what a job reads and writes with, running
+        nothing: TensorFlow starts its thread pools on the first operation, so the
+        model-level warm-up (:meth:`warm_up`, ~0.2 s) is left to the forked child."""
+        import h5py  # noqa: F401
+        import keras
+        import keras.src.legacy.saving.legacy_h5_format
+        import keras.src.saving.saving_lib
+        import tensorflow  # noqa: F401
+
+        from edgeai.pruning import accuracy, sensitivity, speed, verify  # noqa: F401
+        from edgeai.pruning.keras_engine import (  # noqa: F401
+            analysis,
+            dataset,
+            graph,
+            inspection,
+            loading,
+            recovery,
+            report,
+            rewrite,
+        )
+        del keras
+        return False
+
     def untrusted_code(self, job: PruneJob) -> str | None:
         """A .zip may hold a SavedModel, whose graph is a program; .h5/.keras hold none,
         nor does the .npz dataset (read with pickles off)."""

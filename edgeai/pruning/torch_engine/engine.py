@@ -95,6 +95,27 @@ class TorchPruner(Engine):
             torch.export.save(torch.export.export(tiny, (example,)),
                               os.path.join(folder, "warm.pt2"))
 
+    def preload(self) -> bool:
+        """Everything :meth:`warm_up` does, on one thread: torch starts no thread then
+        (not even to trace and export), so a zygote can do it all before it forks."""
+        wanted = os.environ.get("OMP_NUM_THREADS", "1")
+        os.environ["OMP_NUM_THREADS"] = "1"
+        try:
+            self.warm_up()
+        finally:
+            os.environ["OMP_NUM_THREADS"] = wanted
+        from edgeai.pruning import accuracy, sensitivity, speed, verify  # noqa: F401
+        from edgeai.pruning.torch_engine import (  # noqa: F401
+            classfile,
+            dataset,
+            loading,
+            pruner,
+            recovery,
+            report,
+            saving,
+        )
+        return True
+
     def untrusted_code(self, job: PruneJob) -> str | None:
         """The class file is Python that runs to build the model."""
         return "a class file (Python code)"
