@@ -73,6 +73,7 @@ class _Lease:
     token: str
     cancel: threading.Event = field(default_factory=threading.Event)
     cancelled_by_client: bool = False
+    exited_at: float | None = None  # when the job's process ended (time.monotonic())
 
 
 class _ProgressWriter:
@@ -268,8 +269,10 @@ class JobRunner:
                 release(self.database, [lease.token])
                 log.info("job %s handed back (lease %s)", txid, lease.token)
             elif finish_job(self.database, txid, self.claimer, lease=lease.token, **values):
+                after = (f", written {(time.monotonic() - lease.exited_at) * 1000:.0f} ms "
+                         "after its process ended" if lease.exited_at else "")
                 self.storage.remove_inputs(txid)
-                log.info("job %s %s (lease %s)", txid, values.get("state"), lease.token)
+                log.info("job %s %s (lease %s%s)", txid, values.get("state"), lease.token, after)
             else:
                 published = (values.get("report") or {}).get("artifacts") or {}
                 self.storage.remove_artifacts(txid, {n for n in published.values() if n})
@@ -287,6 +290,7 @@ class JobRunner:
         result = self.sandbox.run(job, staging, cancel=lease.cancel,
                                   brings_code=get_engine(row.framework).untrusted_code(job),
                                   progress=_ProgressWriter(self.database, lease.token))
+        lease.exited_at = result.exited_at
         report = dict(result.report)
         artifacts = dict(report.get("artifacts") or {})
         if lease.cancel.is_set():

@@ -89,7 +89,10 @@ def init_app(app: Flask) -> None:
 
     @app.get("/healthz")
     def healthz():
-        """Liveness, and which sandbox layers this process's jobs run under."""
+        """Liveness, which sandbox layers and bounds this process's jobs run under, and
+        its zygotes (ready: a job gets a fresh process in milliseconds)."""
         runner = app.extensions.get("edgeai.runner")
-        sandbox = runner.sandbox.status if runner else {"jobs": "not run by this process"}
-        return {"ok": True, "sandbox": sandbox}
+        if runner is None:
+            return {"ok": True, "sandbox": {"jobs": "not run by this process"}}
+        return {"ok": True, "sandbox": runner.sandbox.status,
+                "zygotes": runner.sandbox.zygotes()}

@@ -71,12 +71,15 @@ class PruneResult:
     ``artifact`` is the file name (not a path) inside ``job.output_dir``;
     ``message`` is the plain-text summary of the pruned model shown by status
     (Keras ``summary()`` / torchsummary table); ``report`` is JSON-serialisable
-    and follows :func:`empty_report`'s layout.
+    and follows :func:`empty_report`'s layout. ``exited_at`` (``time.monotonic()``)
+    is when the sandbox saw the job's process end: the runner measures from there to
+    the result being written (it is not part of the report).
     """
 
     artifact: str
     message: str
     report: dict[str, Any]
+    exited_at: float | None = None
 
 
 def channels_to_remove(n_channels: int, percent: float) -> int:

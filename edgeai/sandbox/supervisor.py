@@ -576,11 +576,25 @@ class Sandbox:
 
     # -- zygotes -----------------------------------------------------------
     def prepare(self, frameworks: tuple[str, ...]) -> None:
-        """Start a zygote for each framework now (server start-up)."""
-        if not self.warm_spares:
+        """Start a zygote for each framework (server start-up): the first now, each next
+        one once the one before is ready, so that the first job's framework imports on a
+        core of its own (the imports are seconds of CPU each). A job for a framework
+        whose zygote is not started yet starts it at once (:meth:`zygote_for`)."""
+        if not self.warm_spares or not frameworks:
             return
-        for framework in frameworks:
-            self.pool.get(framework, self.child_env(), self.entry)
+        first = self.pool.get(frameworks[0], self.child_env(), self.entry)
+
+        def the_rest() -> None:
+            if first is not None:
+                first.ready.wait(self.limits.spare_ready_seconds)
+            for framework in frameworks[1:]:
+                if self._closed:
+                    return
+                zygote = self.pool.get(framework, self.child_env(), self.entry)
+                if zygote is not None:
+                    zygote.ready.wait(self.limits.spare_ready_seconds)
+
+        threading.Thread(target=the_rest, daemon=True, name="zygotes-start").start()
 
     prepare_spares = prepare
 
@@ -636,9 +650,12 @@ class Sandbox:
             self._check_walls(child, brings_code)
             child.send_job(self._as_seen(job, child))
             self._wait(child, slot, cancel, progress)
+            exited_at = time.monotonic()
             child.kill()  # the job is over: nothing of it may outlive its result
             child.reader.wait(10)
-            return self._result(child, slot, job, staging_fd)
+            result = self._result(child, slot, job, staging_fd)
+            result.exited_at = exited_at
+            return result
         except ZygoteUnavailable as error:
             raise JobFailed(f"Pruning failed: the pruning process could not start ({error}).") \
                 from None
