@@ -108,11 +108,13 @@ def run_child(settings: dict[str, Any], forked: bool = False) -> int:
                      "error": f"Pruning failed: {type(error).__name__}: {error}"})
         return 0
     report = dict(result.report)
-    artifacts = dict(report.get("artifacts") or {})
-    if result.artifact not in artifacts.values():
-        artifacts["model"] = result.artifact
-    for key, name in artifacts.items():
-        if name:
+    artifacts = {"model": result.artifact, **dict(report.get("artifacts") or {})}
+    artifacts["model"] = result.artifact
+    report["artifacts"] = artifacts
+    sent = set()
+    for key, name in artifacts.items():  # each file once, under the first key naming it
+        if name and name not in sent:
+            sent.add(name)
             writer.send_file(key, _suffix(name, job.output_stem),
                              os.path.join(job.output_dir, name))
     stats = {"warm_up_seconds": round(warm_up_seconds, 3),

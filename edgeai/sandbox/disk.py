@@ -14,7 +14,8 @@ whatever the job built inside it (a tree 10,000 levels deep is one file to the s
 The file system is mounted with ``discard``, so what the job deletes is punched out
 of the sparse image: the image's allocated size is what the job holds, and the
 supervisor reads it through the descriptor it made the image with
-(:func:`allocated_bytes`).
+(:func:`allocated_bytes`), against what the fresh file system could hold
+(:func:`capacity_bytes`, from its superblock) to tell a job that filled its disk.
 
 Where loop devices cannot be used (a server that is not root, no /dev/loop-control,
 no mkfs.ext4), the job gets a plain folder on the server's disk and the supervisor
@@ -103,6 +104,20 @@ def make_image(dir_fd: int, name: str, size_mb: int, uid: int | None, gid: int |
     except BaseException:
         os.close(fd)
         raise
+
+
+def capacity_bytes(fd: int) -> int:
+    """Bytes of data the fresh ext4 image behind ``fd`` can hold (its free blocks, read
+    from its superblock; read only by the server, before the job has touched it).
+    Raises :class:`DiskError` when it is not an ext file system."""
+    block = os.pread(fd, 1024, 1024)
+    if len(block) < 60 or int.from_bytes(block[56:58], "little") != 0xEF53:
+        raise DiskError("the job's disk image has no ext4 superblock")
+    blocks = int.from_bytes(block[4:8], "little")
+    free_blocks = int.from_bytes(block[12:16], "little")
+    block_size = 1024 << int.from_bytes(block[24:28], "little")
+    # ext4 keeps min(4096 blocks, 2 %) back from writers for its own metadata.
+    return (free_blocks - min(4096, blocks // 50)) * block_size
 
 
 def allocated_bytes(fd: int) -> int:

@@ -159,6 +159,7 @@ class _Slot:
         self.disk_mb = disk_mb
         self.image_fd = -1
         self.inputs_fd = -1
+        self.capacity = disk_mb << 20
         self.job: dict[str, str] = {}
         os.mkdir(self.name, 0o711, dir_fd=sandbox.slots_fd)
         self.fd = os.open(self.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
@@ -167,6 +168,7 @@ class _Slot:
             self._link_inputs(inputs)
             if disk_mode == "image":
                 self.image_fd = disk.make_image(self.fd, "disk.img", disk_mb, seat.uid, seat.gid)
+                self.capacity = disk.capacity_bytes(self.image_fd)
                 self.job = {"image": str(self.path / "disk.img")}
             else:
                 os.mkdir("work", 0o700, dir_fd=self.fd)
@@ -222,8 +224,9 @@ class _Slot:
         the folder holds more than the bound (or more than can be counted)."""
         used, complete = self.used_bytes()
         if self.image_fd >= 0:
-            # ext4's own metadata and the last partial blocks: "full" is within 1 %.
-            return used >= self.disk_bytes - max(4 << 20, self.disk_bytes // 100)
+            # What the fresh file system could hold, less a margin for the metadata its
+            # files take as they are made: "full" is within 1 % of it.
+            return used >= self.capacity - max(2 << 20, self.capacity // 100)
         return used > self.disk_bytes or not complete
 
     def remove(self) -> None:
@@ -763,15 +766,22 @@ class Sandbox:
         files = received.files
         if "model" not in files:
             raise JobFailed("The pruning process did not produce its model file.")
-        listed = {key for key in (report.get("artifacts") or {}) if key in files}
-        for key, name in files.items():  # what the report does not list is not kept
-            if key != "model" and key not in listed:
+        # The report names each format's file as the child knew it; a file is sent once
+        # however many formats share it (a plan is both "model" and "plan"), so keys are
+        # matched through those names, which are only compared, never used as paths.
+        listed = report.get("artifacts") or {}
+        by_child_name = {listed.get(key): name for key, name in files.items()
+                         if isinstance(listed.get(key), str)}
+        artifacts = {key: files.get(key) or by_child_name.get(value)
+                     for key, value in listed.items()}
+        artifacts["model"] = files["model"]
+        for name in files.values():  # what the report does not list is not kept
+            if name not in artifacts.values():
                 try:
                     os.unlink(name, dir_fd=staging_fd)
                 except OSError:
                     pass
-        report["artifacts"] = {key: files.get(key) for key in (report.get("artifacts") or {})}
-        report["artifacts"]["model"] = files["model"]
+        report["artifacts"] = artifacts
         report["sandbox"] = {**child.confinement, **_stats(result.get("stats")),
                              "bounds": self.bounds(), "disk_mb": slot.disk_mb,
                              "start_ms": round((child.reader.ready_at - child.started) * 1000, 1)
