@@ -299,6 +299,13 @@ class _Child:
                     env=sandbox.child_env(), start_new_session=True, close_fds=True)
                 self.pid, self.pidfd = self.proc.pid, os.pidfd_open(self.proc.pid)
                 os.write(self.stdin_w, (json.dumps(settings) + "\n").encode())
+        except BaseException:
+            for fd in (channel_r, self.stdin_w, self.stderr_r):
+                os.close(fd)
+            if self.proc is not None:
+                self.proc.kill()
+                self.proc.wait()
+            raise
         finally:
             for fd in (channel_w, stdin_r, stderr_w):
                 os.close(fd)
@@ -571,11 +578,7 @@ class Sandbox:
                             child.log_tail() or "no report")
             return child.reader.received.confinement
         finally:
-            if child is not None:
-                child.close()
-            if slot is not None:
-                slot.remove()
-            self.seats.release(seat)
+            self._clean_up(child, slot, seat)
 
     # -- zygotes -----------------------------------------------------------
     def prepare(self, frameworks: tuple[str, ...]) -> None:
@@ -663,12 +666,20 @@ class Sandbox:
             raise JobFailed(f"Pruning failed: the pruning process could not start ({error}).") \
                 from None
         finally:
-            if child is not None:
-                child.close()
-            if slot is not None:
-                slot.remove()
-            self.seats.release(seat)
+            self._clean_up(child, slot, seat)
             os.close(staging_fd)
+
+    def _clean_up(self, child: _Child | None, slot: _Slot | None, seat: Seat) -> None:
+        """Kill what is left of the job, delete its slot, give its seat back; a step that
+        fails is logged and never hides the job's own outcome."""
+        for step in (child.close if child else None, slot.remove if slot else None,
+                     lambda: self.seats.release(seat)):
+            if step is None:
+                continue
+            try:
+                step()
+            except Exception:  # clean-up must go on, and never hide the outcome
+                log.exception("sandbox clean-up after a job")
 
     def _disk_mb(self, job: PruneJob) -> int:
         if self.limits.disk_mb:
