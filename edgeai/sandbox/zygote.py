@@ -125,11 +125,14 @@ def _send(sock: socket.socket, message: dict[str, Any], fds: list[int] | None = 
 
 
 def serve(settings: dict[str, Any]) -> int:
-    """The zygote's loop (see the module docstring); returns its exit code."""
-    from edgeai.sandbox.confine import die_with_parent
+    """The zygote's loop (see the module docstring); returns its exit code.
 
-    die_with_parent(settings["parent_pid"])
+    The zygote ends when the server's end of its socket closes, however the server
+    ended. (Not a parent-death signal: that fires when the *thread* that started the
+    zygote exits, and a server starts zygotes from short-lived threads.)"""
     sock = socket.socket(fileno=0)
+    if os.getppid() != settings["parent_pid"]:
+        return 0  # the server died before we started
     info = _preload(settings)
     info["fork_safe"] = info["threads"] == 1
     info["pid"] = os.getpid()
@@ -154,7 +157,8 @@ def serve(settings: dict[str, Any]) -> int:
             except OSError:
                 return 0
             if not data:
-                return 0  # the server is gone; our children die with us
+                return 0  # the server is gone; our children die with us (their
+                # parent-death signal is ours: this process has one thread)
             try:
                 request = json.loads(data)
             except ValueError:

@@ -653,3 +653,33 @@ def test_the_job_and_the_zygote_die_with_the_server(tmp_path):
         time.sleep(0.1)
     assert not any(Path(f"/proc/{pid}/status").exists() and "zombie" not in
                    Path(f"/proc/{pid}/status").read_text() for pid in pids)
+
+
+def test_a_zygote_outlives_the_thread_that_started_it(tmp_path):
+    """A parent-death signal fires when the *thread* that started a process exits: a
+    zygote started from a short-lived thread (as the staggered start-up does) must keep
+    serving until its sandbox closes."""
+    import threading
+
+    pool = ZygotePool()
+    sandbox = Sandbox(tmp_path / "sb", Limits(timeout=60), zygotes=pool,
+                      entry="tests.sandbox.hostile_entry:run",
+                      extra_read_only=(str(REPO / "tests"),))
+    try:
+        starter = threading.Thread(target=sandbox.prepare, args=(("pytorch",),))
+        starter.start()
+        starter.join()
+        zygote = sandbox.zygote_for("pytorch")
+        assert zygote is not None
+        time.sleep(1)
+        assert zygote.usable(), zygote.why_not()
+        code = tmp_path / "ok.py"
+        code.write_text("loot['ran'] = True")
+        job = PruneJob(framework="pytorch", percent=0.5, omitted=(),
+                       inputs={"class_def": str(code)}, input_names={"class_def": "m.py"},
+                       output_dir="", output_stem="tmpalive0", options={})
+        result = sandbox.run(job, tmp_path / "staging", brings_code="a class file")
+        assert result.report["sandbox"]["forked"] is True
+    finally:
+        sandbox.close()
+        pool.close()
