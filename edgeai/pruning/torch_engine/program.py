@@ -87,7 +87,7 @@ def load_program(path: str, input_size: list[int] | None = None) -> RebuiltProgr
     _check_sample_inputs(path, facts)
     try:
         with open(path, "rb") as handle:
-            program = torch.export.load(handle)  # sandboxed: a .pt2 job runs as code
+            program = torch.export.load(handle)  # sandboxed: .pt2 is code
     except Exception as error:  # noqa: BLE001 - any failure to read is the user's file
         raise PruningError(f"model: torch.export.load could not read the program "
                            f"({type(error).__name__}: {str(error)[:300]}).") from None

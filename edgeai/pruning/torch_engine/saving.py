@@ -112,8 +112,9 @@ def load_back(out_dir: str, artifacts: dict[str, str | None], pruned: nn.Module,
         model.load_state_dict(saved["state_dict"], strict=True)
         models["state_dict"] = model.eval()
     if artifacts.get("pt2"):
-        # Our own file, read back in the sandbox as the user will read it.
-        program = torch.export.load(os.path.join(out_dir, artifacts["pt2"]))
+        # Our own file, read back as the user will read it (in the job's sandbox).
+        path = os.path.join(out_dir, artifacts["pt2"])
+        program = torch.export.load(path)  # sandboxed: .pt2 is code
         # A program with a symbolic batch size has range constraints on it.
         dynamic = bool(program.range_constraints)
         models["pt2"] = program.module() if dynamic else _SampleBySample(program.module())
