@@ -384,8 +384,9 @@ class _Rebuilder:
         if node.target in DROPPED:
             return
         if node.target is operator.getitem and node.args[0] in self.firsts:
-            self.env[node] = self.env[node.args[0]]  # the layer's output is the tuple's 0
-            return
+            if node.args[1] == 0:  # the layer's output is the tuple's first item
+                self.env[node] = self.env[node.args[0]]
+            return  # the statistics nobody reads are gone with the tuple
         made = self._layer(node)
         if made is None:
             made = self._rewrite_shape(node)
@@ -515,8 +516,10 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def _only_first_output(node: fx.Node) -> bool:
-    """A call returning (output, saved statistics...) whose users take only the output."""
-    return all(user.target is operator.getitem and user.args[1] == 0 for user in node.users)
+    """A call returning (output, saved statistics...) whose users take only the output
+    (a loaded program has unused getitems of the statistics too)."""
+    return all(user.target is operator.getitem and (user.args[1] == 0 or not user.users)
+               for user in node.users)
 
 
 # -- builders: one per ATen operation that becomes a layer ------------------------------
