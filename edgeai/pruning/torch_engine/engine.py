@@ -93,8 +93,9 @@ PROGRAM_IS_CODE = ("a torch.export program (.pt2): loading one can run code from
 
 SPEC = EngineSpec(
     name="pytorch", endpoint="pt_prune",
-    summary="Submit a PyTorch model for pruning: a torch.export program (model=@net.pt2), "
-            "or the guide's state_dict with its class file.",
+    # Swagger's summary ends at the first dot: none before the end.
+    summary="Submit a PyTorch model for pruning: an exported program (model, a pt2 file "
+            "saved with torch export) or the guide's state_dict with its class file",
     params=(*COMMON_PARAMS, formats_param(("onnx",)),
             Param("input_size", "Shape of one input without the batch dimension, e.g. "
                   "1,28,28: required with weights and class_def; a .pt2 program carries its "
