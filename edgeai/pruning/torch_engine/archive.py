@@ -195,8 +195,8 @@ def _check_expressions(program: Any) -> None:
 
 def _check_expression(text: Any) -> None:
     refused = ArchiveError(f"the .pt2 has a shape expression that is not arithmetic "
-                           f"({str(text)[:80]!r}); torch evaluates these as Python, so it "
-                           "was not loaded.", unsafe=True)
+                           f"({str(text)[:80]!r}); torch evaluates these as Python code, so "
+                           "it was not loaded.", unsafe=True)
     if not isinstance(text, str) or len(text) > MAX_EXPRESSION_CHARS:
         raise refused
     try:
