@@ -73,6 +73,7 @@ def export_program(model: nn.Module, example: torch.Tensor, out_dir: str,
     try:
         program = torch.export.export(model, (torch.cat([example, example]),),
                                       dynamic_shapes=({0: batch},))
+        program.example_inputs = ((example,), {})  # the file stores one sample, not two
     except Exception as error:  # noqa: BLE001 - a model tied to its batch size exports statically
         note = (f"the pt2 program runs only on batches of {example.shape[0]}: the model does "
                 f"not export with a dynamic batch ({type(error).__name__}: "
