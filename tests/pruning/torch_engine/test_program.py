@@ -236,3 +236,12 @@ def test_input_size_must_be_the_programs(prune_program, tmp_path):
         prune_program(path, 0.5, input_size=[3, 28, 28])
     result, _ = prune_program(path, 0.5, input_size=[1, 28, 28])
     assert result.report["params_after"] < result.report["params_before"]
+
+
+def test_a_program_exported_in_training_mode_says_to_export_eval(prune_program, tmp_path):
+    """Batch norm traced in train() uses batch statistics: no layer reproduces that."""
+    model = build(SMALL).train()
+    path = tmp_path / "train.pt2"
+    torch.export.save(torch.export.export(model, (torch.randn(2, 1, 8, 8),)), path)
+    with pytest.raises(PruningError, match=r"training mode.*export model.eval\(\)"):
+        prune_program(path, 0.5)
