@@ -84,7 +84,7 @@ def test_a_program_is_accepted_and_its_input_size_read_from_it(app, client, head
                                    "edgeai prunes programs with one input tensor"),
     ("dynamic_height", "?percent=0.5", "dynamic sizes on dimension 2; only the batch "
                                        "(dimension 0) may be dynamic"),
-    ("integers", "?percent=0.5", "is not a float tensor"),
+    ("integers", "?percent=0.5", "is not a float32 tensor"),
     ("pickled_weight", "?percent=0.5", "stores 'conv1.weight' as a pickle, which would run "
                                        "code when loaded"),
     ("net", "?percent=0.5&model_name=Net", "Send either model (a .pt2 program) or weights and "

@@ -31,7 +31,7 @@ SAVE_HINT = ("save the program with torch.export.save(torch.export.export(model.
 MAX_ENTRIES = 100_000
 MAX_JSON_BYTES = 256 << 20
 MAX_EXPRESSION_CHARS = 2000
-FLOAT_TYPES = {6: "float16", 7: "float32", 8: "float64", 13: "bfloat16"}
+FLOAT32 = 7  # torch._export.serde.schema.ScalarType.FLOAT
 # Folders of compiled code (AOTInductor, ExecuTorch, MTIA) and of external weights: a
 # program saved by torch.export.save has none of them.
 FOREIGN_DIRS = ("data/aotinductor/", "data/executorch/", "data/mtia", "xl_model_weights/")
@@ -67,7 +67,6 @@ class ProgramFacts:
     input_name: str
     input_size: list[int]      # without the batch dimension
     batch: int | None          # the exported batch size; None when it is dynamic
-    dtype: str
     sample_inputs: str | None = None  # the archive entry of the example inputs (a torch.save)
 
 
@@ -132,7 +131,7 @@ def _read(archive: zipfile.ZipFile) -> ProgramFacts:
     program = _json(archive, entries, "models/model.json")
     _check_expressions(program)
     facts = _facts(program)
-    return ProgramFacts(facts.input_name, facts.input_size, facts.batch, facts.dtype,
+    return ProgramFacts(facts.input_name, facts.input_size, facts.batch,
                         entries.get("data/sample_inputs/model.pt"))
 
 
@@ -235,7 +234,7 @@ def _check_expression(text: Any) -> None:
 
 
 def _facts(program: Any) -> ProgramFacts:
-    """The one user input: its name, dtype and sizes (only the batch may be dynamic)."""
+    """The one user input: its name and sizes (float32; only the batch may be dynamic)."""
     graph_module = program["graph_module"]
     signature = graph_module["signature"]
     outputs = [next(iter(spec)) for spec in signature["output_specs"]]
@@ -262,11 +261,10 @@ def _facts(program: Any) -> ProgramFacts:
                            "tensor).")
     name = tensors[0]
     meta = graph_module["graph"]["tensor_values"][name]
-    dtype = FLOAT_TYPES.get(meta.get("dtype"))
-    if dtype is None:
-        raise ArchiveError(f"the program's input {name!r} is not a float tensor (dtype code "
-                           f"{meta.get('dtype')}); edgeai prunes programs whose input is "
-                           "float32 (or float16/bfloat16/float64) data.")
+    if meta.get("dtype") != FLOAT32:
+        raise ArchiveError(f"the program's input {name!r} is not a float32 tensor (dtype code "
+                           f"{meta.get('dtype')}); edgeai prunes programs exported in float32 "
+                           "from float32 inputs (images, signals, features).")
     sizes = meta["sizes"]
     if not 2 <= len(sizes) <= 5:
         raise ArchiveError(f"the program's input {name!r} has {len(sizes)} dimensions; "
@@ -283,7 +281,7 @@ def _facts(program: Any) -> ProgramFacts:
         raise ArchiveError(f"the program's input {name!r} has sizes {size}; each must be "
                            "positive and at most 2**26 elements in all.")
     batch = dims[0] if isinstance(dims[0], int) else None
-    return ProgramFacts(name, size, batch, dtype)
+    return ProgramFacts(name, size, batch)
 
 
 def _describe(argument: Any) -> str:

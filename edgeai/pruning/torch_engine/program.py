@@ -53,8 +53,6 @@ class RebuiltProgram:
 
     module: fx.GraphModule
     input_size: list[int]
-    batch: int | None        # the exported batch size; None when it was dynamic
-    layers: dict[str, str]   # layer name -> the ATen operation it replaced
 
     @property
     def example(self) -> torch.Tensor:
@@ -252,7 +250,6 @@ class _Rebuilder:
         self.env: dict[fx.Node, Any] = {}
         self.tensors: dict[fx.Node, tuple[str, torch.Tensor, bool]] = {}  # fqn, value, param
         self.attrs: dict[str, fx.Node] = {}
-        self.layers: dict[str, str] = {}
         self.taken: set[str] = set()
         self.batched: set[fx.Node] = set()
         self.batch: Any = None
@@ -372,9 +369,7 @@ class _Rebuilder:
         module.graph.eliminate_dead_code()  # e.g. a batch size read only by a dropped check
         module.recompile()
         module.eval()
-        sizes = [int(dim) for dim in user.meta["val"].shape[1:]]
-        batch = self.batch if isinstance(self.batch, int) else None
-        return RebuiltProgram(module, sizes, batch, self.layers)
+        return RebuiltProgram(module, [int(dim) for dim in user.meta["val"].shape[1:]])
 
     def _emit(self, node: fx.Node) -> None:
         """Copy one call into the new graph: as a layer, a rewritten shape operation, or
@@ -436,7 +431,6 @@ class _Rebuilder:
                 else:
                     setattr(layer.module, attribute, value)
         parent.add_module(leaf, layer.module)
-        self.layers[name] = str(node.target)
         self.taken.add(name)
         if layer.first_of_tuple:
             self.firsts.add(node)
