@@ -29,7 +29,7 @@ from typing import IO, Any
 SAVE_HINT = ("save the program with torch.export.save(torch.export.export(model.eval(), "
              "(x,)), 'net.pt2')")
 MAX_ENTRIES = 100_000
-MAX_JSON_BYTES = 256 << 20
+MAX_JSON_BYTES = 64 << 20  # a program of 450 layers writes about 1 MB of model.json
 MAX_EXPRESSION_CHARS = 2000
 FLOAT32 = 7  # torch._export.serde.schema.ScalarType.FLOAT
 # Folders of compiled code (AOTInductor, ExecuTorch, MTIA) and of external weights: a
