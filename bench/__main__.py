@@ -305,7 +305,7 @@ def main() -> int:
         print(f"{name.ljust(width)}  {value:>16}  {note}")
     from bench import accuracy, deploy
 
-    return deploy.main() or accuracy.main()
+    return deploy.main([]) or accuracy.main()
 
 
 if __name__ == "__main__":

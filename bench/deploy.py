@@ -5,12 +5,17 @@ and a ResNet-18-style torch model (3x96x96) pruned at 0.3 and 0.5 with round_to=
 through the real engines in this process, with formats tflite and onnx (torch:
 onnx) and measure on: MACs ratio, latency ratio per runtime at batch 1 (one thread),
 file ratio. Goal: latency ratio <= 1.2 x MACs ratio in TFLite and ONNX Runtime.
+The same for torch.export programs (.pt2, exported at batch 1 as users do) of the
+ResNet-18-, MobileNetV2- and EfficientNet-style torch models, uploaded instead of a
+class file.
 
-``.venv/bin/python -m bench.deploy`` prints the table on its own.
+``.venv/bin/python -m bench.deploy`` prints the table on its own;
+``.venv/bin/python -m bench.deploy pt2`` only the .pt2 rows.
 """
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import textwrap
 from pathlib import Path
@@ -126,9 +131,34 @@ def torch_rows(tmp: Path) -> list[dict]:
     return rows
 
 
+def program_rows(tmp: Path) -> list[dict]:
+    """The torch models exported with torch.export (batch 1) and uploaded as .pt2."""
+    import torch
+
+    from edgeai.pruning.torch_engine import TorchPruner
+    from tests.pruning.torch_engine.models import EFFICIENTNET, MOBILENET_V2
+
+    engine = TorchPruner()
+    engine.warm_up()
+    rows = []
+    for name, source in (("ResNet-18 style", RESNET18), ("MobileNetV2 style", MOBILENET_V2[0]),
+                         ("EfficientNet style", EFFICIENTNET[0])):
+        namespace: dict = {}
+        exec(compile(source, "model.py", "exec"), namespace)  # noqa: S102 - our own source
+        torch.manual_seed(0)
+        path = tmp / f"{name.split()[0]}.pt2"
+        torch.export.save(torch.export.export(namespace["Net"]().eval(),
+                                              (torch.randn(1, 3, 96, 96),)), path)
+        for percent in PERCENTS:
+            job = _job("pytorch", {"model": str(path)}, {"model": path.name},
+                       tmp / f"{path.stem}-{percent}" / "out", percent, {"formats": ["onnx"]})
+            rows.append(_row(f"{name} (.pt2)", percent, engine.prune(job).report))
+    return rows
+
+
 def table(rows: list[dict]) -> str:
     """The deploy table: one line per model and percent."""
-    head = (f"{'model':<24} {'pct':>4} {'MACs':>6} " + " ".join(f"{r:>11}" for r in RUNTIMES)
+    head = (f"{'model':<29} {'pct':>4} {'MACs':>6} " + " ".join(f"{r:>11}" for r in RUNTIMES)
             + f" {'file':>6}  goal (latency <= 1.2 x MACs in tflite/onnxruntime)")
     lines = [head, "-" * len(head)]
     for row in rows:
@@ -138,14 +168,16 @@ def table(rows: list[dict]) -> str:
         met = all(ratio <= 1.2 * row["macs"] for ratio in deploy)
         note = ("met" if met else "NOT met") + (f"; {'; '.join(row['failed'])}"
                                                 if row["failed"] else "")
-        lines.append(f"{row['model']:<24} {row['percent']:>4} {row['macs']:>6.2f} {cells} "
+        lines.append(f"{row['model']:<29} {row['percent']:>4} {row['macs']:>6.2f} {cells} "
                      f"{row['file']:>6.2f}  {note}")
     return "\n".join(lines)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    only_programs = (argv if argv is not None else sys.argv[1:]) == ["pt2"]
     with tempfile.TemporaryDirectory(prefix="edgeai-bench-deploy-") as tmp:
-        rows = keras_rows(Path(tmp)) + torch_rows(Path(tmp))
+        rows = [] if only_programs else keras_rows(Path(tmp)) + torch_rows(Path(tmp))
+        rows += program_rows(Path(tmp))
     print()
     print("Latency ratios (pruned / original) at batch 1, one thread; MACs and file ratios:")
     print(table(rows))

@@ -32,7 +32,7 @@ def checked_params(framework: str, files: Mapping[str, Path],
     of the parameters and the files. Raises :class:`edgeai.errors.BadRequest`."""
     from werkzeug.datastructures import FileStorage
 
-    from edgeai.api.params import read_files, read_params
+    from edgeai.api.params import inspect_uploads, read_files, read_params
     from edgeai.pruning import spec_for
 
     spec = spec_for(framework)
@@ -41,7 +41,9 @@ def checked_params(framework: str, files: Mapping[str, Path],
         uploads = {role: FileStorage(stream=handle, filename=Path(files[role]).name, name=role)
                    for role, handle in handles.items()}
         read_files(spec.files, uploads, {})
-        return read_params(spec.params, raw, set(uploads), spec.check)
+        values = read_params(spec.params, raw, set(uploads), spec.checker())
+        inspect_uploads(spec.inspect, values, uploads)
+        return values
     finally:
         for handle in handles.values():
             handle.close()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import PurePosixPath, PureWindowsPath
-from typing import Any
+from typing import IO, Any
 
 from werkzeug.datastructures import FileStorage
 
@@ -120,3 +120,17 @@ def read_files(roles: tuple[FileRole, ...], files: Mapping[str, FileStorage],
         if upload is not None:
             uploads[role.name] = upload
     return uploads
+
+
+def inspect_uploads(inspect: Callable[[dict[str, Any], Mapping[str, IO[bytes]]], None],
+                    values: dict[str, Any], uploads: Mapping[str, FileStorage]) -> None:
+    """Let the engine look inside the uploads (its ``EngineSpec.inspect``), which may fill
+    ``values``; each stream is rewound for storing. Raises BadRequest."""
+    streams = {role: upload.stream for role, upload in uploads.items()}
+    try:
+        inspect(values, streams)
+    except ParameterError as error:
+        raise BadRequest(str(error)) from None
+    finally:
+        for stream in streams.values():
+            stream.seek(0)

@@ -15,10 +15,10 @@ from werkzeug.datastructures import FileStorage
 
 from edgeai import queue
 from edgeai.api import context
-from edgeai.api.params import client_file_name, read_files, read_params
+from edgeai.api.params import client_file_name, inspect_uploads, read_files, read_params
 from edgeai.errors import SUBMIT
 from edgeai.pruning import specs
-from edgeai.pruning.spec import EngineSpec, FileRole, Param, check_analysis
+from edgeai.pruning.spec import EngineSpec, FileRole, Param
 
 ns = Namespace("prune", description="Submit a model for L1-norm filter pruning")
 
@@ -90,13 +90,14 @@ def submit_resource(spec: EngineSpec, analyze: bool = False) -> type[Resource]:
     :data:`ns`."""
     params = spec.analyze_params() if analyze else spec.params
     roles = spec.analyze_files() if analyze else spec.files
-    check = check_analysis if analyze else spec.check
+    check = spec.checker(analyze)
     endpoint = spec.analyze_endpoint if analyze else spec.endpoint
 
     def post(self: Resource) -> dict[str, str]:
         owner = context.current_client()
         uploads = read_files(roles, request.files, request.form)
         values = read_params(params, request.args, set(uploads), check)
+        inspect_uploads(spec.inspect, values, uploads)
         if analyze:
             values["task"] = "analyze"
         txid = queue.submit(context.database(), context.storage(), context.settings(), owner,

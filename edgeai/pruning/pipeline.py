@@ -79,7 +79,8 @@ def planned_steps(job: PruneJob) -> int:
 def run(engine: Engine, job: PruneJob) -> PruneResult:
     """Prune ``job`` with ``engine``; see the module docstring. Raises PruningError."""
     report = JobReport(framework=engine.spec.name, percent=job.percent,
-                       round_to=int(job.options.get("round_to") or 1))
+                       round_to=int(job.options.get("round_to") or 1),
+                       brings_code=engine.untrusted_code(job))
     progress.current().plan(planned_steps(job))
     with step(report, "load"):
         loaded = engine.load(job, Path(job.output_dir).parent)

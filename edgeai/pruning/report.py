@@ -177,6 +177,11 @@ class JobReport:
     warnings: list[str] = doc("Things worth knowing", default_factory=list)
     artifacts: dict[str, str | None] = doc("Downloadable formats and their file names",
                                            default_factory=dict)
+    brings_code: str | None = doc("What in the uploaded files runs as code once loaded (a "
+                                  "class file, a zipped SavedModel, a .pt2 program): such a "
+                                  "job runs only inside the full sandbox (or where the server "
+                                  "runs with EDGEAI_SANDBOX=weak); absent when nothing does",
+                                  omit_none=True)
     sandbox: dict[str, Any] | None = doc("How the job was confined (the sandbox's layers in "
                                          "force), its warm-up and job seconds, and its peak "
                                          "memory (MB); filled in by the sandbox",

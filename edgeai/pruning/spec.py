@@ -12,7 +12,7 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 
 LAYER_NAME = re.compile(r"^[A-Za-z0-9_.\-/:]{1,256}$")
 MAX_OMITTED = 1000
@@ -62,8 +62,13 @@ class FileRole:
 class EngineSpec:
     """One framework's submit call, parameters, files and download formats.
 
-    ``check`` sees every parsed value at once (``{key: value}``), for rules that
-    involve several parameters; it raises :class:`ParameterError`.
+    ``check`` sees every parsed value at once (``{key: value}``) and the names of the
+    files given, for rules that involve several parameters; it raises
+    :class:`ParameterError`. ``check_files`` does the same for the rules on which files
+    go together, for the prune and the analysis call alike. ``inspect`` looks inside the
+    uploads (cheaply, without the framework: the server calls it) with the parsed values;
+    it may fill in values a file carries (a program's input shape) and raises
+    :class:`ParameterError` for a file that is not what its name says.
     """
 
     name: str
@@ -76,6 +81,20 @@ class EngineSpec:
     check: Callable[[dict[str, Any], set[str]], None] = field(
         default=lambda values, files: None)
     analyze_endpoint: str | None = None
+    check_files: Callable[[dict[str, Any], set[str]], None] = field(
+        default=lambda values, files: None)
+    inspect: Callable[[dict[str, Any], Mapping[str, IO[bytes]]], None] = field(
+        default=lambda values, uploads: None)
+
+    def checker(self, analyze: bool = False) -> Callable[[dict[str, Any], set[str]], None]:
+        """Every rule a call checks on its values at once: ``check_files``, then ``check``
+        (the prune call) or :func:`check_analysis` (the analysis call)."""
+
+        def run(values: dict[str, Any], files: set[str]) -> None:
+            self.check_files(values, files)
+            (check_analysis if analyze else self.check)(values, files)
+
+        return run
 
     def analyze_params(self) -> tuple[Param, ...]:
         """What an analysis takes: the prune call's parameters but those that only
@@ -144,11 +163,16 @@ def parse_layer_names(raw: str | None) -> list[str]:
     return names
 
 
-def parse_input_size(raw: str | None) -> list[int]:
-    """``input_size``: one input's shape without the batch dimension, e.g. 1,28,28."""
-    example = "the shape of one input without the batch dimension, e.g. input_size=1,28,28"
+INPUT_SIZE_EXAMPLE = ("the shape of one input without the batch dimension, e.g. "
+                      "input_size=1,28,28")
+
+
+def parse_input_size(raw: str | None) -> list[int] | None:
+    """``input_size``: one input's shape without the batch dimension, e.g. 1,28,28; None
+    when absent (an engine's ``check_files`` says when it is required)."""
+    example = INPUT_SIZE_EXAMPLE
     if raw is None or raw.strip() == "":
-        raise ParameterError(f"input_size is required: {example}.")
+        return None
     parts = [p.strip() for p in raw.strip("()[] ").split(",") if p.strip()]
     try:
         dims = [int(p) for p in parts]
@@ -163,9 +187,12 @@ def parse_input_size(raw: str | None) -> list[int]:
     return dims
 
 
-def parse_class_name(raw: str | None) -> str:
-    """``model_name``: the class to build with no arguments (default ``Net``)."""
-    name = (raw or "Net").strip()
+def parse_class_name(raw: str | None) -> str | None:
+    """``model_name``: the class to build with no arguments (None when absent: the
+    engine builds ``Net``)."""
+    if raw is None or raw.strip() == "":
+        return None
+    name = raw.strip()
     if not name.isidentifier() or name.startswith("_"):
         raise ParameterError(f"model_name={name[:80]!r} must be the name of a class in "
                              "class_def, e.g. model_name=Net.")

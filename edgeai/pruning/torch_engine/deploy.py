@@ -20,8 +20,22 @@ from torch import nn
 ONNX_OPSET = 18
 
 
+class _Traced(nn.Module):
+    """A module the TorchScript exporter can trace: it takes any module with a ``graph``
+    attribute (an FX ``GraphModule``, as a rebuilt .pt2 program is) for a TorchScript one."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, batch: torch.Tensor) -> Any:
+        return self.module(batch)
+
+
 def to_onnx(model: nn.Module, example: torch.Tensor, target: Any) -> None:
     """Write ``model`` as ONNX to ``target`` (a path or a binary stream)."""
+    if hasattr(model, "graph"):
+        model = _Traced(model)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's own deprecation notice
         torch.onnx.export(model.eval(), (example,), target, input_names=["input"],

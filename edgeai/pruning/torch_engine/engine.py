@@ -6,9 +6,10 @@ torch is imported inside the methods, so the server can read :data:`SPEC` and ca
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -18,10 +19,12 @@ from edgeai.pruning.pipeline import Analysis, Engine, Loaded, Plan
 from edgeai.pruning.report import JobReport
 from edgeai.pruning.spec import (
     COMMON_PARAMS,
+    INPUT_SIZE_EXAMPLE,
     PLAN_FILE_HELP,
     EngineSpec,
     FileRole,
     Param,
+    ParameterError,
     check_percent_or_target,
     formats_param,
     parse_class_name,
@@ -30,30 +33,96 @@ from edgeai.pruning.spec import (
 
 MAX_EVAL_SAMPLES = 2048
 
+PROGRAM_HELP = ("A torch.export program saved with torch.export.save (.pt2), instead of "
+                "weights, class_def and model_name: it carries its layers, weights and input "
+                "shape")
+
+
+def check_torch_files(values: dict[str, Any], files: set[str]) -> None:
+    """Either a program (``model``, a .pt2) or the guide's ``weights`` and ``class_def``
+    (with ``input_size``); ``model_name`` only with a class file."""
+    if "model" in files:
+        given = [name for name in ("weights", "class_def") if name in files]
+        if values.get("model_name") is not None:
+            given.append("model_name")
+        if given:
+            raise ParameterError(
+                f"Send either model (a .pt2 program) or weights and class_def with "
+                f"model_name, not both: got model and {' and '.join(given)}. A .pt2 carries "
+                "its layers, weights and input shape.")
+        return
+    for name, other in (("weights", "class_def"), ("class_def", "weights")):
+        if name not in files:
+            extensions = ", ".join(next(role.extensions for role in SPEC.files
+                                        if role.name == name))
+            raise ParameterError(
+                f"The form file '{name}' is required ({extensions})"
+                + (f" with '{other}'" if other in files else "")
+                + "; or send one torch.export program as the form file 'model' (.pt2) "
+                "instead of weights and class_def.")
+    if values.get("input_size") is None:
+        raise ParameterError(f"input_size is required with weights and class_def: "
+                             f"{INPUT_SIZE_EXAMPLE} (a .pt2 program carries its own).")
+
+
+def inspect_program(values: dict[str, Any], uploads: Mapping[str, IO[bytes]]) -> None:
+    """Read the .pt2's input shape from the archive (zip and JSON, no torch); refuse a
+    file that is not a program, and an ``input_size`` that disagrees with it; fill
+    ``input_size`` in when absent."""
+    if "model" not in uploads:
+        return
+    from edgeai.pruning.torch_engine.archive import ArchiveError, read_facts
+
+    try:
+        facts = read_facts(uploads["model"])
+    except ArchiveError as error:
+        raise ParameterError(f"model: {error}") from None
+    given = values.get("input_size")
+    if given is not None and list(given) != facts.input_size:
+        raise ParameterError(
+            f"input_size={','.join(map(str, given))} does not match the program: its input "
+            f"{facts.input_name!r} is {','.join(map(str, facts.input_size))} without the "
+            "batch dimension. Leave input_size out (the program carries it) or send "
+            f"input_size={','.join(map(str, facts.input_size))}.")
+    values["input_size"] = facts.input_size
+
+
+PROGRAM_IS_CODE = ("a torch.export program (.pt2): loading one can run code from it "
+                   "(torch.export.load unpickles parts marked as pickles and evaluates its "
+                   "shape expressions; ExportedProgram.module() executes its guard code)")
+
 SPEC = EngineSpec(
     name="pytorch", endpoint="pt_prune",
-    summary="Submit a PyTorch state_dict with its class file for pruning.",
+    # Swagger's summary ends at the first dot: none before the end.
+    summary="Submit a PyTorch model for pruning: an exported program (model, a pt2 file "
+            "saved with torch export) or the guide's state_dict with its class file",
     params=(*COMMON_PARAMS, formats_param(("onnx",)),
-            Param("input_size", "Shape of one input without the batch dimension, e.g. 1,28,28",
-                  parse_input_size, required=True, example="1,28,28"),
-            Param("model_name", "The class in class_def to build with no arguments",
-                  parse_class_name, default="Net", example="Net")),
-    files=(FileRole("weights", (".pth", ".pt", ".bin", ".safetensors"),
-                    "state_dict saved with torch.save (.pth/.pt) or .safetensors"),
+            Param("input_size", "Shape of one input without the batch dimension, e.g. "
+                  "1,28,28: required with weights and class_def; a .pt2 program carries its "
+                  "own (if given, it must agree)", parse_input_size, example="1,28,28"),
+            Param("model_name", "The class in class_def to build with no arguments (not with "
+                  "a .pt2 model)", parse_class_name, default="Net", example="Net")),
+    files=(FileRole("model", (".pt2",), PROGRAM_HELP, required=False),
+           FileRole("weights", (".pth", ".pt", ".bin", ".safetensors"),
+                    "state_dict saved with torch.save (.pth/.pt) or .safetensors; with "
+                    "class_def, instead of a .pt2 model", required=False),
            FileRole("class_def", (".py",), "Standalone .py file defining the model class "
-                                           "(torch only)"),
+                                           "(torch only); with weights", required=False),
            FileRole("dataset", (".pth", ".pt", ".npz"),
                     "Optional sample data: torch.save(DataLoader of a TensorDataset), a "
                     "tensor, an (x, y) tuple, or .npz; used to report accuracy",
                     required=False),
            FileRole("plan", (".json",), PLAN_FILE_HELP, required=False)),
     check=check_percent_or_target,
+    check_files=check_torch_files,
+    inspect=inspect_program,
     analyze_endpoint="pt_analyze",
     downloads=("model", "state_dict", "pt2", "onnx"),
-    download_help="model (default: torch.save((model, info))), state_dict (weights and the "
-                  "new layer sizes, loads with weights_only=True), pt2 (a torch.export "
-                  "program, no class file needed) or onnx (when the job was asked for it "
-                  "with formats=onnx)")
+    download_help="model (default: torch.save((model, info)); for a .pt2 upload, the pruned "
+                  "program), state_dict (weights and the new layer sizes, loads with "
+                  "weights_only=True), pt2 (a torch.export program with a dynamic batch, no "
+                  "class file needed) or onnx (when the job was asked for it with "
+                  "formats=onnx)")
 
 
 @dataclass
@@ -63,10 +132,12 @@ class TorchModel:
     input_size: list[int]
     model_name: str
     example: Any  # a torch.Tensor of one sample
+    program: bool = False  # uploaded as a torch.export program (.pt2)
 
 
 class TorchPruner(Engine):
-    """L1-norm filter pruning of an ``nn.Module`` built from the user's class file."""
+    """L1-norm filter pruning of an ``nn.Module`` built from the user's class file, or
+    rebuilt from a torch.export program (:mod:`.program`)."""
 
     def __init__(self) -> None:
         self._optimizers: dict[int, Any] = {}
@@ -117,15 +188,22 @@ class TorchPruner(Engine):
         return True
 
     def untrusted_code(self, job: PruneJob) -> str | None:
-        """The class file is Python that runs to build the model."""
+        """The class file is Python that runs to build the model; a .pt2 is code too:
+        loading one can unpickle and evaluate parts of it (:mod:`.archive`)."""
+        if "model" in job.inputs:
+            return PROGRAM_IS_CODE
         return "a class file (Python code)"
 
     # -- load ----------------------------------------------------------------
     def load(self, job: PruneJob, workdir: Path) -> Loaded:
-        """Check and import the class file, build the model, load the weights."""
+        """Check and import the class file, build the model, load the weights; or check,
+        load and rebuild a .pt2 program."""
         import torch
 
         from edgeai.pruning.torch_engine import classfile, loading
+
+        if "model" in job.inputs:
+            return self._load_program(job)
 
         model_name = job.options.get("model_name") or "Net"
         input_size = _input_size(job.options.get("input_size"))
@@ -145,8 +223,18 @@ class TorchPruner(Engine):
                                f"{model_name}: {type(error).__name__}: {error}") from None
         return Loaded(model, TorchModel(input_size, model_name, example))
 
+    def _load_program(self, job: PruneJob) -> Loaded:
+        from edgeai.pruning.torch_engine.program import load_program
+
+        given = job.options.get("input_size")
+        rebuilt = load_program(job.inputs["model"],
+                               _input_size(given) if given is not None else None)
+        example = rebuilt.example
+        return Loaded(rebuilt.module, TorchModel(rebuilt.input_size, "program", example,
+                                                 program=True))
+
     def primary_input(self, job: PruneJob) -> str:
-        return job.inputs["weights"]
+        return job.inputs.get("model") or job.inputs["weights"]
 
     def layer_names(self, loaded: Loaded) -> list[str]:
         return [name for name, _ in loaded.model.named_modules() if name]
@@ -260,8 +348,11 @@ class TorchPruner(Engine):
              ) -> dict[str, str | None]:
         """The guide's ``(model, info)`` file, a state_dict with the layer sizes, and a
         torch.export program where the model exports."""
-        from edgeai.pruning.torch_engine.saving import save_artifacts
+        from edgeai.pruning.torch_engine.saving import save_artifacts, save_program_artifacts
 
+        if loaded.extra.program:
+            return save_program_artifacts(pruned, loaded.extra.example, job.output_dir,
+                                          job.output_stem, report)
         return save_artifacts(pruned, loaded.extra.example, job.output_dir, job.output_stem,
                               report)
 

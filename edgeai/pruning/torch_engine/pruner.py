@@ -281,7 +281,9 @@ def channel_groups(group) -> int:
 # Operations that only move elements: their channel mapping is found by replaying them.
 MOVERS = frozenset({"permute", "transpose", "swapaxes", "swapdims", "movedim", "moveaxis",
                     "view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "t",
-                    "__getitem__", "narrow", "select"})
+                    "__getitem__", "narrow", "select",
+                    # their ATen names, as a rebuilt torch.export program calls them
+                    "_unsafe_view", "slice"})
 CONCATS = frozenset({"cat", "concat", "concatenate"})
 # Layers that read and write channels on axis 1, and those that use the last axis.
 CHANNELS_FIRST = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
@@ -321,7 +323,8 @@ class _Recorder(TorchFunctionMode):
         result = func(*args, **kwargs)
         if self.inside or not isinstance(result, torch.Tensor) or result.grad_fn is None:
             return result
-        name = getattr(func, "__name__", "")
+        # An ATen operation (torch.ops.aten.view.default) goes by its operator's name.
+        name = getattr(func, "_opname", None) or getattr(func, "__name__", "")
         first = args[0] if args and isinstance(args[0], torch.Tensor) else None
         replay = None
         if name in MOVERS and first is not None:

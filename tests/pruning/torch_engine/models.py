@@ -2,6 +2,8 @@
 
 ``GUIDE_NET_SOURCE`` is the user guide's MNIST ``Net``, verbatim. ``BREADTH`` maps a
 family name to ``(source, input_size)``; the class is always ``Net`` with no arguments.
+``EFFICIENTNET`` (MBConv blocks: SiLU, depthwise, squeeze-excite) is for the torch.export
+program tests only.
 """
 from __future__ import annotations
 
@@ -211,6 +213,55 @@ class Net(nn.Module):
         out, _ = self.gru(x.transpose(1, 2))
         return self.fc(out[:, -1])
 """, (4, 64))
+
+EFFICIENTNET = ("""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+class SqueezeExcite(nn.Module):
+    def __init__(self, channels, reduced):
+        super().__init__()
+        self.reduce = nn.Conv2d(channels, reduced, 1)
+        self.expand = nn.Conv2d(reduced, channels, 1)
+
+    def forward(self, x):
+        scale = F.adaptive_avg_pool2d(x, 1)
+        scale = torch.sigmoid(self.expand(F.silu(self.reduce(scale))))
+        return x * scale
+
+class MBConv(nn.Module):
+    def __init__(self, cin, cout, stride, expand):
+        super().__init__()
+        hidden = cin * expand
+        self.use_res = stride == 1 and cin == cout
+        self.expand_conv = nn.Sequential(nn.Conv2d(cin, hidden, 1, bias=False),
+                                         nn.BatchNorm2d(hidden), nn.SiLU())
+        self.depthwise = nn.Sequential(
+            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
+            nn.BatchNorm2d(hidden), nn.SiLU())
+        self.se = SqueezeExcite(hidden, max(1, cin // 4))
+        self.project = nn.Sequential(nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        y = self.project(self.se(self.depthwise(self.expand_conv(x))))
+        return x + y if self.use_res else y
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16),
+                                  nn.SiLU())
+        self.blocks = nn.Sequential(MBConv(16, 16, 1, 1), MBConv(16, 24, 2, 4),
+                                    MBConv(24, 24, 1, 4), MBConv(24, 40, 2, 4))
+        self.head = nn.Sequential(nn.Conv2d(40, 128, 1, bias=False), nn.BatchNorm2d(128),
+                                  nn.SiLU())
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(128, 10))
+
+    def forward(self, x):
+        x = self.head(self.blocks(self.stem(x)))
+        return self.classifier(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+""", (3, 32, 32))
 
 BREADTH = {"resnet": RESNET, "mobilenet_v2": MOBILENET_V2, "densenet": DENSENET, "unet": UNET,
            "vit": VIT, "conv1d_groupnorm_gru": CONV1D_GRU}
