@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import textwrap
 import threading
 import time
@@ -64,7 +63,6 @@ def test_writing_past_the_disk_fails_the_job_and_gives_the_disk_back(tmp_path, p
     thousand files past it), the job fails naming EDGEAI_JOB_DISK_MB, and the host's
     disk holds nothing of it afterwards."""
     sandbox = make_sandbox(tmp_path, pool, disk_mb=32)
-    free_before = shutil.disk_usage(tmp_path).free
     try:
         loot, failure = run(sandbox, tmp_path, """
             import os, time
@@ -96,8 +94,10 @@ def test_writing_past_the_disk_fails_the_job_and_gives_the_disk_back(tmp_path, p
         assert failure is None and loot == {"written_mb": 64}
     finally:
         sandbox.close()
+    # Every byte the job wrote was in its image, and the image is gone: nothing of the
+    # job is left on the server's disk (the free space itself moves with other work).
     assert list((tmp_path / "sandbox" / "slots").iterdir()) == []
-    assert abs(shutil.disk_usage(tmp_path).free - free_before) < 8 << 20
+    assert [path for path in (tmp_path / "sandbox").rglob("*") if path.is_file()] == []
 
 
 def test_memory_the_old_watchdog_missed_is_counted(tmp_path, pool):
