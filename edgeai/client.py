@@ -201,7 +201,8 @@ class Client:
               **params: Any) -> Job:
         """Submit a model for pruning; return its :class:`Job`.
 
-        A Keras file (``.h5``, ``.keras``, ``.zip``) goes to ``tf_prune``; passing
+        A Keras file (``.h5``, ``.keras``, ``.zip``) goes to ``tf_prune``, an ONNX file
+        (``.onnx``) to ``onnx_prune``; passing
         ``weights=`` and ``class_def=`` instead submits a PyTorch model to ``pt_prune``
         (see :meth:`prune_torch`). ``dataset=`` and ``plan=`` are files; every other
         keyword is a query parameter passed through as the server reads it
@@ -219,9 +220,10 @@ class Client:
                                  "for a PyTorch model, not both.")
             return self._submit("pt_prune", files, params)
         if model is None:
-            raise ValueError("Pass the Keras model file, or weights= and class_def= for a "
+            raise ValueError("Pass the Keras or ONNX model file, or weights= and class_def= for a "
                              "PyTorch model.")
-        return self._submit("tf_prune", {"model": model, **files}, params)
+        call = "onnx_prune" if Path(model).suffix.lower() == ".onnx" else "tf_prune"
+        return self._submit(call, {"model": model, **files}, params)
 
     def prune_torch(self, weights: str | os.PathLike[str], class_def: str | os.PathLike[str],
                     *, model_name: str = "Net", input_size: str | tuple[int, ...] = "1,28,28",

@@ -21,10 +21,10 @@ from typing import IO, Any
 EXIT_DONE, EXIT_FAILED, EXIT_USAGE, EXIT_SERVER, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 DESCRIPTION = """\
-Prune a Keras model (MODEL: .h5, .keras, .zip) or a PyTorch state_dict (--weights with
---class-def). With --server URL (or EDGEAI_SERVER) the job runs on that edgeai server;
-without, it runs here, in the same pipeline and sandbox a server uses (root or user
-namespaces needed).
+Prune a Keras model (MODEL: .h5, .keras, .zip), an ONNX model (MODEL: .onnx) or a
+PyTorch state_dict (--weights with --class-def). With --server URL (or EDGEAI_SERVER)
+the job runs on that edgeai server; without, it runs here, in the same pipeline and
+sandbox a server uses (root or user namespaces needed).
 
 The API key for a server comes from EDGEAI_CLIENT_ID and EDGEAI_CLIENT_SECRET, or from
 $XDG_CONFIG_HOME/edgeai/config.json (default ~/.config/edgeai/config.json):
@@ -36,6 +36,7 @@ examples:
   edgeai prune mnist_base.h5 -p 0.4 -o small.h5
   edgeai prune mnist_base.h5 -p 0.4 --format tflite --round-to 8
   edgeai prune mnist_base.h5 --target macs:0.5 --server http://127.0.0.1:5000 --json
+  edgeai prune net.onnx -p 0.5 --round-to 8 --server http://127.0.0.1:5000
   edgeai prune --weights mnist_cnn.pth --class-def model.py --model-name Net \\
                --input-size 1,28,28 -p 0.5 --omit fc1,fc2
 
@@ -57,7 +58,7 @@ def add_prune_parser(groups: Any) -> None:
     prune = groups.add_parser("prune", help="prune a model (on a server, or here)",
                               description=DESCRIPTION, epilog=EPILOG,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    prune.add_argument("model", nargs="?", metavar="MODEL", help="Keras model file")
+    prune.add_argument("model", nargs="?", metavar="MODEL", help="Keras or ONNX model file")
     how = prune.add_argument_group("how much to prune (one of)")
     how.add_argument("-p", "--percent", help="fraction of every group's channels to remove, "
                      "in [0, 1): 0.4 removes 40%%")
@@ -101,7 +102,7 @@ def request_from(args: argparse.Namespace) -> tuple[str, dict[str, Path], dict[s
     if torch and args.model:
         raise UsageError("give either MODEL (Keras) or --weights and --class-def (PyTorch)")
     if not torch and not args.model:
-        raise UsageError("give MODEL (a Keras file), or --weights and --class-def")
+        raise UsageError("give MODEL (a Keras or ONNX file), or --weights and --class-def")
     files = ({"weights": args.weights, "class_def": args.class_def} if torch
              else {"model": Path(args.model)})
     files.update({role: path for role, path in (("dataset", args.dataset),
@@ -119,7 +120,8 @@ def request_from(args: argparse.Namespace) -> tuple[str, dict[str, Path], dict[s
         if not equals or not name:
             raise UsageError(f"--param {item!r}: write NAME=VALUE, e.g. measure=false")
         raw[name.strip()] = value.strip()
-    framework = "pytorch" if torch else "tensorflow"
+    framework = "pytorch" if torch else (
+        "onnx" if Path(args.model).suffix.lower() == ".onnx" else "tensorflow")
     if args.format and is_export_format(framework, args.format):
         raw["formats"] = args.format
     return framework, files, {k: v for k, v in raw.items() if v is not None}
