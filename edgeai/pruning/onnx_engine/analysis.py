@@ -66,7 +66,8 @@ def _carrier_names(graph: ChannelGraph) -> list[tuple[list[str], set[int]]]:
 
 def _groups(graph: ChannelGraph) -> list[ChannelGroup]:
     frozen: dict[int, str] = {}
-    for elements, name, reason in graph.frozen:
+    # A model output is the reason that matters most to a user: it comes first.
+    for elements, name, reason in sorted(graph.frozen, key=lambda item: item[1] != "output"):
         for root in graph.uf.roots(elements).tolist():
             frozen.setdefault(root, reason if name == "output" else f"{reason} ({name})")
     inexact: dict[int, str] = {}

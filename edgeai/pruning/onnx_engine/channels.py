@@ -678,8 +678,9 @@ def _softmax(v: Visit) -> list[ChannelMap | None]:
     else:
         mixes = cmap.axis == int(v.attr("axis", -1)) % rank
     if mixes:
+        # Kept whole, but still the same channels: a Softmax model output is reported
+        # as the output it is.
         v.freeze(cmap, f"{v.node.op_type} normalises over the channels")
-        return [None]
     return [cmap]
 
 

@@ -280,6 +280,15 @@ def test_channels_added_to_a_model_input_are_kept(tmp_path, prune_onnx):
         layers(result)["a"]["reason"]
 
 
+def test_a_model_output_is_the_reason_given_first(tmp_path, prune_onnx):
+    """Channels that reach a Softmax output: the report says output, not Softmax."""
+    net = Net()
+    scores = net.head(net.conv(net.x, 3, 8, name="a"), 8, classes=5)
+    result, _ = prune_onnx(net.save(tmp_path, net.node("Softmax", [scores], axis=1)), 0.5)
+    assert layers(result)["fc"]["status"] == "output"
+    assert layers(result)["fc"]["reason"] == "produces a model output"
+
+
 def test_several_inputs_and_outputs(tmp_path, prune_onnx):
     """Two inputs (an image and side features concatenated after pooling) and two outputs:
     channels reaching an output stay, the others go."""
