@@ -597,7 +597,8 @@ def _slice(v: Visit) -> list[ChannelMap | None]:
         axes, steps = v.attr("axes", list(range(len(starts)))), [1] * len(starts)
     else:
         values = [v.constant(i) if v.has(i) else None for i in range(1, 5)]
-        if any(v.has(i) and values[i - 1] is None for i in range(1, 5)):
+        if values[0] is None or values[1] is None or \
+                any(v.has(i) and values[i - 1] is None for i in range(1, 5)):
             v.freeze(cmap, "Slice's positions are computed in the graph")
             return [None]
         starts, ends = values[0].tolist(), values[1].tolist()
@@ -1047,7 +1048,7 @@ def _shape_value_of(v: Visit, op: str) -> list[ShapeItem] | None:
 
 def tensor_shape(proto: onnx.ValueInfoProto) -> list[Any]:
     """The dimensions of a graph input or output: ints, names of free sizes, or None."""
-    dims = []
+    dims: list[Any] = []
     for dim in proto.type.tensor_type.shape.dim:
         if dim.HasField("dim_value"):
             dims.append(int(dim.dim_value))

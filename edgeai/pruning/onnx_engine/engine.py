@@ -46,7 +46,7 @@ def parse_no_formats(raw: str | None) -> list[str]:
     if chosen == ["onnx"]:
         raise ParameterError("formats=onnx: the pruned model of onnx_prune is ONNX already; "
                              "leave formats out.")
-    raise ParameterError(f"formats={raw[:40]!r}: onnx_prune makes no other deploy formats. "
+    raise ParameterError(f"formats={(raw or '')[:40]!r}: onnx_prune makes no other deploy formats. "
                          f"{NO_TFLITE}.")
 
 

@@ -87,16 +87,16 @@ def _patches(x: np.ndarray, node: onnx.NodeProto, kernel: tuple[int, ...]) -> np
 
 
 def _refittable(index: GraphIndex, node: onnx.NodeProto) -> bool:
-    if len(node.input) < 2 or index.constant(node.input[1]) is None:
+    weight = index.constant(node.input[1]) if len(node.input) > 1 else None
+    if weight is None:
         return False
     if node.op_type == "Conv":
-        rank = index.constant(node.input[1]).ndim
-        return rank in (3, 4) and int(attribute(node, "group", 1)) == 1 and \
+        return weight.ndim in (3, 4) and int(attribute(node, "group", 1)) == 1 and \
             attribute(node, "auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET")
     if node.op_type == "Gemm":
         return not attribute(node, "transA", 0) and float(attribute(node, "alpha", 1.0)) == 1 \
             and float(attribute(node, "beta", 1.0)) == 1
-    return node.op_type == "MatMul" and index.constant(node.input[1]).ndim == 2
+    return node.op_type == "MatMul" and weight.ndim == 2
 
 
 def _collect(model: onnx.ModelProto, data: Data, tensors: list[str],

@@ -12,6 +12,8 @@ for channel-carrying tensors (``value_info``) are removed, since they changed.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import onnx
 from onnx import numpy_helper
@@ -57,7 +59,7 @@ def rewrite(graph: ChannelGraph, removal: Removal, mask: bool = False) -> onnx.M
             continue
         array = value(item.node, item.input)
         if mask:
-            index_ = [slice(None)] * array.ndim
+            index_: list[Any] = [slice(None)] * array.ndim
             index_[item.axis] = np.flatnonzero(~keep)
             array[tuple(index_)] = 0
         else:
