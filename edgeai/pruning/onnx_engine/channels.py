@@ -1005,6 +1005,13 @@ def _track_shape_value(v: Visit) -> None:
     result = _shape_value_of(v, op)
     if result is not None:
         v.graph.shape_values[v.node.output[0]] = result
+        return
+    # A channel count that goes where the pruner stops following it cannot be rewritten.
+    for name in v.inputs:
+        for item in v.graph.shape_values.get(name, ()):
+            if item[0] == "dim":
+                v.freeze(v.graph.maps.get(item[1]), f"its channel count is used by "
+                                                    f"{op} in a way the pruner does not follow")
 
 
 def _shape_value_of(v: Visit, op: str) -> list[ShapeItem] | None:

@@ -182,19 +182,28 @@ class OnnxPruner(Engine):
         source.graph = channels.build_graph(source.index, source.shapes)
         return analysis.analyse(source.graph)
 
-    def _removal(self, loaded: Loaded, analysis: Analysis, plan: Plan) -> Any:
+    def _removal(self, loaded: Loaded, analysis: Analysis, plan: Plan,
+                 skip: frozenset[str] = frozenset()) -> Any:
         from edgeai.pruning.onnx_engine.rewrite import Removal
 
-        roots = {group.handle[i] for group in analysis.groups
+        roots = {group.handle[i] for group in analysis.groups if group.key not in skip
                  for i in plan.removal.get(group.key, ())}
         return Removal(loaded.extra.graph, roots)
 
     def rewrite(self, loaded: Loaded, analysis: Analysis, plan: Plan,
                 ) -> tuple[Any, dict[str, str]]:
-        from edgeai.pruning.onnx_engine.rewrite import rewrite
+        """The pruned model; a group whose removal would empty a part of a Split is left
+        whole (returned with the reason, as the pipeline expects)."""
+        from edgeai.pruning.onnx_engine.rewrite import emptied_splits, rewrite
 
-        removal = self._removal(loaded, analysis, plan)
-        return OnnxModel(rewrite(loaded.extra.graph, removal)), {}
+        graph = loaded.extra.graph
+        failed: dict[str, str] = {}
+        while True:
+            removal = self._removal(loaded, analysis, plan, frozenset(failed))
+            emptied = emptied_splits(graph, removal, analysis.groups)
+            if not emptied:
+                return OnnxModel(rewrite(graph, removal)), failed
+            failed.update({key: why for key, why in emptied.items() if key not in failed})
 
     def mask(self, loaded: Loaded, analysis: Analysis, plan: Plan) -> Any:
         from edgeai.pruning.onnx_engine.rewrite import rewrite

@@ -35,6 +35,21 @@ class Removal:
         return self.keep[elements]
 
 
+def emptied_splits(graph: ChannelGraph, removal: Removal, groups: list[Any]) -> dict[str, str]:
+    """The groups whose removal would leave a part of a Split without channels (ONNX
+    Runtime does not run a zero-channel tensor into a convolution), with why."""
+    found: dict[str, str] = {}
+    for split in graph.split_edits:
+        for part in split.parts:
+            if len(part) and not removal.kept(part).any():
+                roots = set(graph.uf.roots(part).tolist())
+                name = graph.index.names[split.node]
+                for group in groups:
+                    if roots & set(np.asarray(group.handle).tolist()):
+                        found[group.key] = f"it would empty a part of Split {name}"
+    return found
+
+
 def rewrite(graph: ChannelGraph, removal: Removal, mask: bool = False) -> onnx.ModelProto:
     """A new model without the removed channels (``mask``: the original with their
     producers' filters and consumers' input weights zeroed instead)."""
@@ -79,7 +94,8 @@ def rewrite(graph: ChannelGraph, removal: Removal, mask: bool = False) -> onnx.M
     replaced = _apply(model, index, edits)
     drop_unread(model, replaced)
     if not mask:
-        changed = set(graph.maps)
+        changed = {name for name, cmap in graph.maps.items()
+                   if not removal.kept(cmap.elements).all()}
         kept_info = [info for info in model.graph.value_info if info.name not in changed]
         del model.graph.value_info[:]
         model.graph.value_info.extend(kept_info)

@@ -78,6 +78,28 @@ def test_split_sizes_follow_the_channels(tmp_path, prune_onnx, opset):
     assert_runs_like(path, out, result, X)
 
 
+def test_a_split_part_that_would_lose_every_channel_keeps_its_group_whole(tmp_path,
+                                                                         prune_onnx):
+    """The lowest-L1 channels all in one part of a Split: pruning them would leave a
+    zero-channel tensor, so the group stays whole and the report says why."""
+    net = Net()
+    weights = net.rng.normal(size=(12, 3, 3, 3)).astype(np.float32)
+    weights[:4] *= 0.01  # part 0 holds the four weakest filters
+    a = net.node("Relu", [net.node("Conv", [net.x, net.const(weights)], name="a",
+                                   pads=[1, 1, 1, 1])])
+    parts = net.node("Split", [a, net.const(np.array([4, 8]))], outputs=2, name="split", axis=1)
+    p, q = net.conv(parts[0], 4, 6, name="p"), net.conv(parts[1], 8, 6, name="q")
+    path = net.save(tmp_path, net.head(net.node("Add", [p, q]), 6))
+    result, out = prune_onnx(path, 0.4)
+    rows = layers(result)
+    assert rows["a"]["status"] == "unsupported" and rows["a"]["channels_after"] == 12
+    assert rows["a"]["reason"] == "could not be rewired: it would empty a part of Split split"
+    assert rows["p"]["channels_after"] == 4  # the other groups are still pruned
+    assert any("left whole (it would empty a part of Split split)" in warning
+               for warning in result.report["warnings"])
+    assert_runs_like(path, out, result, X)
+
+
 def test_nhwc_transposes_and_a_constant_flatten(tmp_path, prune_onnx):
     """tf2onnx's pattern: an NHWC input transposed to NCHW for the Conv and back before a
     Flatten into a dense MatMul; features are channel-last, and the Reshape's constant
