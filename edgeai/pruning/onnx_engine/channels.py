@@ -48,11 +48,13 @@ class UnionFind:
         self.parent: list[int] = []
 
     def make(self, count: int) -> np.ndarray:
+        """``count`` new ids, each its own set."""
         start = len(self.parent)
         self.parent.extend(range(start, start + count))
         return np.arange(start, start + count, dtype=np.int64)
 
     def find(self, item: int) -> int:
+        """The root of ``item``'s set."""
         parent = self.parent
         while parent[item] != item:
             parent[item] = parent[parent[item]]
@@ -60,11 +62,13 @@ class UnionFind:
         return item
 
     def union(self, a: int, b: int) -> None:
+        """Join the sets of ``a`` and ``b`` (the smaller root wins)."""
         ra, rb = self.find(a), self.find(b)
         if ra != rb:
             self.parent[max(ra, rb)] = min(ra, rb)
 
     def roots(self, items: np.ndarray) -> np.ndarray:
+        """The root of each of ``items``."""
         return np.fromiter((self.find(int(i)) for i in items), dtype=np.int64, count=len(items))
 
     def all_roots(self) -> np.ndarray:
@@ -183,10 +187,12 @@ class ChannelGraph:
     shape_values: dict[str, list[ShapeItem]] = field(default_factory=dict)
 
     def freeze(self, elements: np.ndarray | None, node: str, reason: str) -> None:
+        """Keep ``elements`` whole, for ``reason`` (found at ``node``)."""
         if elements is not None and len(elements):
             self.frozen.append((elements, node, reason))
 
     def unify(self, a: np.ndarray, b: np.ndarray) -> None:
+        """Tie ``a[i]`` to ``b[i]`` for every position: they are one channel."""
         for x, y in zip(a.tolist(), b.tolist(), strict=True):
             self.uf.union(x, y)
 
@@ -233,16 +239,20 @@ class Visit:
 
     # -- reading ---------------------------------------------------------------------
     def map(self, i: int) -> ChannelMap | None:
+        """The channels input ``i`` carries (None: none the pruner follows)."""
         name = self.inputs[i] if i < len(self.inputs) else ""
         return self.graph.maps.get(name) if name else None
 
     def mapped(self) -> list[tuple[int, ChannelMap]]:
+        """(position, channels) of every input that carries channels."""
         return [(i, m) for i in range(len(self.inputs)) if (m := self.map(i)) is not None]
 
     def has(self, i: int) -> bool:
+        """Is optional input ``i`` given?"""
         return i < len(self.inputs) and bool(self.inputs[i])
 
     def shape(self, name: str) -> tuple[int, ...]:
+        """Tensor ``name``'s shape at batch 1 (from the probe, or a constant's own)."""
         index = self.graph.index
         if name in self.graph.shapes.one:
             return self.graph.shapes.one[name]
@@ -252,9 +262,11 @@ class Visit:
         return tuple(value.shape) if value is not None else ()
 
     def rank(self, name: str) -> int:
+        """Tensor ``name``'s number of axes."""
         return len(self.shape(name))
 
     def out_shape(self, k: int = 0) -> tuple[int, ...]:
+        """The shape of output ``k``."""
         return self.shape(self.node.output[k])
 
     def batch_axes(self, name: str) -> set[int]:
@@ -266,15 +278,19 @@ class Visit:
                                                        strict=False)) if a != b}
 
     def constant(self, i: int) -> np.ndarray | None:
+        """Input ``i``'s value if it is a constant, else None."""
         return self.graph.index.constant(self.inputs[i]) if self.has(i) else None
 
     def is_constant(self, i: int) -> bool:
+        """Is input ``i`` a constant?"""
         return self.has(i) and self.graph.index.is_constant(self.inputs[i])
 
     def attr(self, name: str, default: Any = None) -> Any:
+        """The node's attribute ``name`` (``default`` when absent)."""
         return attribute(self.node, name, default)
 
     def used(self, k: int) -> bool:
+        """Is output ``k`` read by anything?"""
         return k < len(self.node.output) and bool(self.node.output[k]) \
             and self.graph.index.used(self.node.output[k])
 
@@ -291,6 +307,7 @@ class Visit:
 
     # -- recording -------------------------------------------------------------------
     def freeze(self, cmap: ChannelMap | None, reason: str) -> None:
+        """Keep the channels of ``cmap`` whole, for ``reason`` (found at this node)."""
         if cmap is not None:
             self.graph.freeze(cmap.elements, self.name, reason)
 
@@ -301,20 +318,24 @@ class Visit:
         return [None] * len(self.node.output)
 
     def fresh_frozen(self, width: int, reason: str) -> np.ndarray:
+        """``width`` new channels that stay whole (a part the pruner does not follow)."""
         elements = self.graph.uf.make(width)
         self.graph.freeze(elements, self.name, reason)
         return elements
 
     def slice(self, i: int, axis: int, elements: np.ndarray, role: str) -> None:
+        """Record that constant input ``i`` loses removed ``elements`` along ``axis``."""
         self.graph.slicings.append(Slicing(self.position, i, axis, elements, role))
 
     def producer(self, width: int, l1: np.ndarray) -> np.ndarray:
+        """This node makes ``width`` fresh channels scored by ``l1``; return them."""
         space = self.graph.uf.make(width)
         self.graph.producers.append(Producer(self.position, self.name, self.node.op_type,
                                              space, l1))
         return space
 
     def layer(self, channels: int, fixed: str | None = None, depthwise: bool = False) -> None:
+        """List this node among the layers with channels (for the report)."""
         self.graph.layers.append(Layer(self.name, self.node.op_type, channels, self.position,
                                        fixed, depthwise))
 
@@ -592,18 +613,15 @@ def _slice(v: Visit) -> list[ChannelMap | None]:
             v.freeze(other, "Slice uses it as a position")
     rank = v.rank(v.inputs[0])
     size = v.shape(v.inputs[0])[cmap.axis]
-    if v.graph.index.opset < 10:
-        starts, ends = v.attr("starts", []), v.attr("ends", [])
-        axes, steps = v.attr("axes", list(range(len(starts)))), [1] * len(starts)
-    else:
-        values = [v.constant(i) if v.has(i) else None for i in range(1, 5)]
-        if values[0] is None or values[1] is None or \
-                any(v.has(i) and values[i - 1] is None for i in range(1, 5)):
-            v.freeze(cmap, "Slice's positions are computed in the graph")
-            return [None]
-        starts, ends = values[0].tolist(), values[1].tolist()
-        axes = values[2].tolist() if values[2] is not None else list(range(len(starts)))
-        steps = values[3].tolist() if values[3] is not None else [1] * len(starts)
+    # Opset 10 on (the loader takes 11 on): starts, ends, axes and steps are inputs.
+    values = [v.constant(i) if v.has(i) else None for i in range(1, 5)]
+    if values[0] is None or values[1] is None or \
+            any(v.has(i) and values[i - 1] is None for i in range(1, 5)):
+        v.freeze(cmap, "Slice's positions are computed in the graph")
+        return [None]
+    starts, ends = values[0].tolist(), values[1].tolist()
+    axes = values[2].tolist() if values[2] is not None else list(range(len(starts)))
+    steps = values[3].tolist() if values[3] is not None else [1] * len(starts)
     for start, end, ax, step in zip(starts, ends, axes, steps, strict=False):
         if int(ax) % rank != cmap.axis:
             continue
@@ -720,11 +738,11 @@ def _pad(v: Visit) -> list[ChannelMap | None]:
     if cmap is None:
         return [None]
     rank = v.rank(v.inputs[0])
-    pads = v.attr("pads") if v.graph.index.opset < 11 else v.constant(1)
-    if pads is None:
+    given = v.constant(1)  # an input from opset 11, the loader's lowest
+    if given is None:
         v.freeze(cmap, "Pad's sizes are computed in the graph")
         return [None]
-    pads = [int(p) for p in np.asarray(pads).reshape(-1)]
+    pads = [int(p) for p in given.reshape(-1)]
     axes = list(range(rank))
     if v.has(3):
         value = v.constant(3)
