@@ -308,6 +308,9 @@ class OnnxPruner(Engine):
 
         if runtime_name != "onnxruntime":
             raise PruningError(f"no runtime {runtime_name}")
+        fixed = {item.batch for item in loaded.extra.inputs} - {None}
+        if fixed and fixed != {batch}:
+            raise PruningError(f"the model's batch is fixed at {', '.join(map(str, fixed))}")
         arrays = loaded.extra.example(batch, seed=0)
         return runtime.runner(path or model.proto.SerializeToString(),
                               arrays[0] if len(arrays) == 1 else arrays, threads)

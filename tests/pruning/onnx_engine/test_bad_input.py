@@ -180,6 +180,10 @@ def test_a_fixed_batch_model_is_pruned_and_checked_at_its_batch(tmp_path, prune_
     rng = np.random.default_rng(0)
     np.savez(data, x=rng.normal(size=(30, 3, 8, 8)).astype(np.float32),
              y=rng.integers(0, 8, 30))
-    result, _ = prune_onnx(path, 0.5, inputs={"dataset": data})
+    result, _ = prune_onnx(path, 0.5, inputs={"dataset": data}, measure=True, batch_size=4)
     assert result.report["verification"]["exactness"]["passed"] is True
     assert result.report["evaluation"]["samples"] == 6
+    speed = result.report["speed"]  # timed at its own batch; another one cannot be
+    assert [(row["runtime"], row["batch"]) for row in speed["latencies"]] == [("onnxruntime", 1)]
+    assert "onnxruntime at batch 4: PruningError: the model's batch is fixed at 1" in \
+        speed["detail"]
