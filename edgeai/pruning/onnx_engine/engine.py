@@ -62,7 +62,7 @@ def parse_no_finetune(raw: str | None) -> int:
 
 SPEC = EngineSpec(
     name="onnx", endpoint="onnx_prune",
-    summary="Submit an ONNX model (.onnx, one file) for pruning.",
+    summary="Submit an ONNX model (one file, weights inside) for pruning.",
     params=(PERCENT, OMMITTED, ROUND_TO, TARGET, MEASURE, BATCH_SIZE,
             Param(RECOVER.name, "With a dataset: refit the Conv, Gemm and MatMul layers that "
                   "lost inputs by least squares to reproduce the original's outputs, no "
