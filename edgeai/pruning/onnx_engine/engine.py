@@ -220,7 +220,8 @@ class OnnxPruner(Engine):
         from edgeai.pruning.onnx_engine.measure import count_macs, count_params
 
         if model.macs is None:
-            model.macs = count_macs(model.proto, loaded.extra)
+            known = loaded.extra.shapes.one if model is loaded.model else None
+            model.macs = count_macs(model.proto, loaded.extra, known)
         return count_params(model.proto), model.macs
 
     # -- running ---------------------------------------------------------------

@@ -225,10 +225,12 @@ def probe_shapes(model: onnx.ModelProto, index: GraphIndex, inputs: list[ModelIn
     source = OnnxSource(index, inputs, Shapes({}, None))
     free = any(item.batch is None for item in inputs)
     shapes: list[dict[str, tuple[int, ...]]] = []
+    prober = None
     for batch in ((1, 2) if free else (1,)):
         example = source.example(batch, seed=0)
         try:
-            values = runtime.probe(model, example, names)
+            prober = prober or runtime.Prober(model, names)
+            values = prober.run(example)
         except Exception as error:  # noqa: BLE001 - the runtime's reason is the user's
             text = str(error).strip().splitlines()
             reason = text[-1][:400] if text else type(error).__name__

@@ -61,8 +61,10 @@ def layer_widths(model: onnx.ModelProto) -> dict[str, int]:
     return widths
 
 
-def count_macs(model: onnx.ModelProto, source: OnnxSource) -> int:
-    """Multiply-accumulates per sample (see the module docstring)."""
+def count_macs(model: onnx.ModelProto, source: OnnxSource,
+               known: dict[str, tuple[int, ...]] | None = None) -> int:
+    """Multiply-accumulates per sample (see the module docstring); ``known``: every
+    tensor's shape at batch 1 where the caller has them (the original's probe)."""
     index = GraphIndex(model)
     layers = [node for node in index.nodes if node.op_type in LAYER_OPS]
     if not layers:
@@ -70,9 +72,12 @@ def count_macs(model: onnx.ModelProto, source: OnnxSource) -> int:
     wanted = [node.output[0] for node in layers] + \
         [node.input[0] for node in layers if node.op_type in ("ConvTranspose", "MatMul")]
     batch = source.inputs[0].batch or 1
-    values = runtime.probe(model, source.example(1, seed=0), wanted)
-    shapes = {name: np.shape(value) for name, value in values.items()}
-    del values
+    if known is not None and all(name in known for name in wanted):
+        shapes = dict(known)
+    else:
+        values = runtime.probe(model, source.example(1, seed=0), wanted)
+        shapes = {name: tuple(np.shape(value)) for name, value in values.items()}
+        del values
     total = 0
     for node in layers:
         weight = _weight_shape(index, node)
