@@ -9,8 +9,14 @@ The same for torch.export programs (.pt2, exported at batch 1 as users do) of th
 ResNet-18-, MobileNetV2- and EfficientNet-style torch models, uploaded instead of a
 class file.
 
+The ONNX engine's rows (``[onnx]``): ONNX files as users bring them — ResNet-18,
+MobileNetV2 and EfficientNet-style networks at full width exported with
+torch.onnx.export (tests/pruning/onnx_engine/models.py), and Keras's MobileNetV2
+converted with tf2onnx — pruned by the ONNX engine and timed in ONNX Runtime.
+
 ``.venv/bin/python -m bench.deploy`` prints the table on its own;
-``.venv/bin/python -m bench.deploy pt2`` only the .pt2 rows.
+``.venv/bin/python -m bench.deploy pt2`` only the .pt2 rows, ``... onnx`` only the ONNX
+engine's rows.
 """
 from __future__ import annotations
 
@@ -153,12 +159,42 @@ def program_rows(tmp: Path) -> list[dict]:
             job = _job("pytorch", {"model": str(path)}, {"model": path.name},
                        tmp / f"{path.stem}-{percent}" / "out", percent, {"formats": ["onnx"]})
             rows.append(_row(f"{name} (.pt2)", percent, engine.prune(job).report))
+
+
+def onnx_rows(tmp: Path) -> list[dict]:
+    """The ONNX engine on real exports (see the module docstring)."""
+    import keras
+
+    from edgeai.pruning.keras_engine.deploy import to_onnx
+    from edgeai.pruning.onnx_engine import OnnxPruner
+    from tests.pruning.onnx_engine.models import family
+
+    folder = tmp / "onnx"
+    folder.mkdir()
+    models = {f"{label} [onnx]": family(name, folder / f"{name}.onnx", (3, 96, 96), **size)
+              for label, name, size in (("ResNet-18 (torch)", "resnet18", {"width": 64}),
+                                        ("MobileNetV2 (torch)", "mobilenet_v2", {"width": 1.0}),
+                                        ("EfficientNet-s (torch)", "efficientnet",
+                                         {"width": 1.0}))}
+    keras.utils.set_random_seed(0)
+    path = folder / "keras_mobilenet_v2.onnx"
+    path.write_bytes(to_onnx(keras.applications.MobileNetV2(weights=None,
+                                                            input_shape=(96, 96, 3), classes=10)))
+    models["MobileNetV2 (tf2onnx) [onnx]"] = path
+    engine = OnnxPruner()
+    engine.warm_up()
+    rows = []
+    for label, model in models.items():
+        for percent in PERCENTS:
+            job = _job("onnx", {"model": str(model)}, {"model": model.name},
+                       tmp / f"{model.stem}-{percent}" / "out", percent, {})
+            rows.append(_row(label, percent, engine.prune(job).report))
     return rows
 
 
 def table(rows: list[dict]) -> str:
     """The deploy table: one line per model and percent."""
-    head = (f"{'model':<29} {'pct':>4} {'MACs':>6} " + " ".join(f"{r:>11}" for r in RUNTIMES)
+    head = (f"{'model':<30} {'pct':>4} {'MACs':>6} " + " ".join(f"{r:>11}" for r in RUNTIMES)
             + f" {'file':>6}  goal (latency <= 1.2 x MACs in tflite/onnxruntime)")
     lines = [head, "-" * len(head)]
     for row in rows:
@@ -168,16 +204,22 @@ def table(rows: list[dict]) -> str:
         met = all(ratio <= 1.2 * row["macs"] for ratio in deploy)
         note = ("met" if met else "NOT met") + (f"; {'; '.join(row['failed'])}"
                                                 if row["failed"] else "")
-        lines.append(f"{row['model']:<29} {row['percent']:>4} {row['macs']:>6.2f} {cells} "
+        lines.append(f"{row['model']:<30} {row['percent']:>4} {row['macs']:>6.2f} {cells} "
                      f"{row['file']:>6.2f}  {note}")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    only_programs = (argv if argv is not None else sys.argv[1:]) == ["pt2"]
+    """Print the deploy table: every engine's rows, or only ``pt2``'s or ``onnx``'s."""
+    only = (argv if argv is not None else sys.argv[1:])
     with tempfile.TemporaryDirectory(prefix="edgeai-bench-deploy-") as tmp:
-        rows = [] if only_programs else keras_rows(Path(tmp)) + torch_rows(Path(tmp))
-        rows += program_rows(Path(tmp))
+        if only == ["pt2"]:
+            rows = program_rows(Path(tmp))
+        elif only == ["onnx"]:
+            rows = onnx_rows(Path(tmp))
+        else:
+            rows = (keras_rows(Path(tmp)) + torch_rows(Path(tmp)) + program_rows(Path(tmp))
+                    + onnx_rows(Path(tmp)))
     print()
     print("Latency ratios (pruned / original) at batch 1, one thread; MACs and file ratios:")
     print(table(rows))

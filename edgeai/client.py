@@ -34,7 +34,7 @@ STATES_BY_STATUS = {"0": "done", "1": "queued", "2": "running", "-1": "failed"}
 # Files a PyTorch submission may carry; a Keras one carries ``model`` instead.
 TORCH_FILES = ("weights", "class_def")
 # The call a model file goes to, by its extension (Keras files: tf_prune).
-MODEL_CALLS = {".pt2": "pt_prune"}
+MODEL_CALLS = {".pt2": "pt_prune", ".onnx": "onnx_prune"}
 OPTIONAL_FILES = ("dataset", "plan")
 CHUNK_BYTES = 1 << 20
 
@@ -203,10 +203,11 @@ class Client:
               **params: Any) -> Job:
         """Submit a model for pruning; return its :class:`Job`.
 
-        A Keras file (``.h5``, ``.keras``, ``.zip``) goes to ``tf_prune``; a torch.export
-        program (``.pt2``) to ``pt_prune``; passing ``weights=`` and ``class_def=``
-        instead submits a PyTorch state_dict and its class file to ``pt_prune`` (see
-        :meth:`prune_torch`). ``dataset=`` and ``plan=`` are files; every other
+        A Keras file (``.h5``, ``.keras``, ``.zip``) goes to ``tf_prune``, an ONNX file
+        (``.onnx``) to ``onnx_prune``, a torch.export program (``.pt2``) to ``pt_prune``;
+        passing ``weights=`` and ``class_def=`` instead submits a PyTorch state_dict and
+        its class file to ``pt_prune`` (see :meth:`prune_torch`). ``dataset=`` and
+        ``plan=`` are files; every other
         keyword is a query parameter passed through as the server reads it
         (``ommitted=["fc1"]``, ``round_to=8``, ``target="macs:0.5"``,
         ``formats="tflite"``, ``measure=False``...). Raises ClientError (400 says which
@@ -222,8 +223,8 @@ class Client:
                                  "PyTorch model, not both.")
             return self._submit("pt_prune", files, params)
         if model is None:
-            raise ValueError("Pass the model file (Keras, or a .pt2 program), or weights= and "
-                             "class_def= for a PyTorch model.")
+            raise ValueError("Pass the model file (Keras, ONNX, or a .pt2 program), or "
+                             "weights= and class_def= for a PyTorch model.")
         call = MODEL_CALLS.get(Path(model).suffix.lower(), "tf_prune")
         return self._submit(call, {"model": model, **files}, params)
 

@@ -21,10 +21,11 @@ from typing import IO, Any
 EXIT_DONE, EXIT_FAILED, EXIT_USAGE, EXIT_SERVER, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 DESCRIPTION = """\
-Prune a Keras model (MODEL: .h5, .keras, .zip), a PyTorch torch.export program (MODEL:
-.pt2) or a PyTorch state_dict (--weights with --class-def). With --server URL (or
-EDGEAI_SERVER) the job runs on that edgeai server; without, it runs here, in the same
-pipeline and sandbox a server uses (root or user namespaces needed).
+Prune a Keras model (MODEL: .h5, .keras, .zip), an ONNX model (MODEL: .onnx), a
+PyTorch torch.export program (MODEL: .pt2) or a PyTorch state_dict (--weights with
+--class-def). With --server URL (or EDGEAI_SERVER) the job runs on that edgeai server;
+without, it runs here, in the same pipeline and sandbox a server uses (root or user
+namespaces needed).
 
 The API key for a server comes from EDGEAI_CLIENT_ID and EDGEAI_CLIENT_SECRET, or from
 $XDG_CONFIG_HOME/edgeai/config.json (default ~/.config/edgeai/config.json):
@@ -37,6 +38,7 @@ examples:
   edgeai prune mnist_base.h5 -p 0.4 --format tflite --round-to 8
   edgeai prune mnist_base.h5 --target macs:0.5 --server http://127.0.0.1:5000 --json
   edgeai prune net.pt2 -p 0.5 --round-to 8 --format onnx
+  edgeai prune net.onnx -p 0.5 --round-to 8 --server http://127.0.0.1:5000
   edgeai prune --weights mnist_cnn.pth --class-def model.py --model-name Net \\
                --input-size 1,28,28 -p 0.5 --omit fc1,fc2
 
@@ -59,7 +61,7 @@ def add_prune_parser(groups: Any) -> None:
                               description=DESCRIPTION, epilog=EPILOG,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     prune.add_argument("model", nargs="?", metavar="MODEL",
-                       help="Keras model file, or a torch.export program (.pt2)")
+                       help="Keras or ONNX model file, or a torch.export program (.pt2)")
     how = prune.add_argument_group("how much to prune (one of)")
     how.add_argument("-p", "--percent", help="fraction of every group's channels to remove, "
                      "in [0, 1): 0.4 removes 40%%")
@@ -105,8 +107,8 @@ def request_from(args: argparse.Namespace) -> tuple[str, dict[str, Path], dict[s
         raise UsageError("give either MODEL (Keras, or a .pt2 program) or --weights and "
                          "--class-def (PyTorch), not both")
     if not torch and not args.model:
-        raise UsageError("give MODEL (a Keras file or a .pt2 program), or --weights and "
-                         "--class-def")
+        raise UsageError("give MODEL (a Keras or ONNX file, or a .pt2 program), or --weights "
+                         "and --class-def")
     files = ({"weights": args.weights, "class_def": args.class_def} if torch
              else {"model": Path(args.model)})
     files.update({role: path for role, path in (("dataset", args.dataset),
@@ -124,8 +126,9 @@ def request_from(args: argparse.Namespace) -> tuple[str, dict[str, Path], dict[s
         if not equals or not name:
             raise UsageError(f"--param {item!r}: write NAME=VALUE, e.g. measure=false")
         raw[name.strip()] = value.strip()
-    program = not torch and Path(args.model).suffix.lower() == ".pt2"
-    framework = "pytorch" if torch or program else "tensorflow"
+    suffix = Path(args.model).suffix.lower() if args.model else ""
+    program = not torch and suffix == ".pt2"
+    framework = "pytorch" if torch or program else "onnx" if suffix == ".onnx" else "tensorflow"
     if args.format and is_export_format(framework, args.format):
         raw["formats"] = args.format
     return framework, files, {k: v for k, v in raw.items() if v is not None}

@@ -2,6 +2,9 @@
 command's refusals, which need no server at all."""
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import pytest
 
 from tests.e2e.guide import build_mnist_base
@@ -28,12 +31,34 @@ def test_local_run_writes_a_smaller_model_that_loads(keras_model, tmp_path):
     assert (after.st_mode, after.st_nlink) == (before.st_mode, before.st_nlink)
 
 
+def test_local_run_prunes_an_onnx_model(tmp_path):
+    """MODEL.onnx picks the ONNX engine; the pruned file runs in ONNX Runtime."""
+    import onnx
+
+    from tests.pruning.onnx_engine.conftest import Net, run_onnx
+
+    net = Net(name="input")
+    model = tmp_path / "net.onnx"
+    onnx.save(net.model(net.head(net.conv(net.conv(net.x, 3, 16), 16, 16), 16)), model)
+    run = edgeai_prune(model, "-p", "0.5", "--round-to", "4", "--json", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    status = json.loads(run.stdout)
+    assert status["report"]["framework"] == "onnx" and status["output"].endswith("net.pruned.onnx")
+    assert status["report"]["verification"]["exactness"]["passed"] is True
+    pruned = tmp_path / "net.pruned.onnx"
+    assert onnx.load(pruned).graph.input[0].name == "input"
+    assert run_onnx(pruned, np.zeros((2, 3, 8, 8), np.float32))[0].shape == (2, 4)
+    assert pruned.stat().st_size < model.stat().st_size
+
+
 @pytest.mark.parametrize("args, says", [
     ((), "give MODEL"),
     (("missing.h5", "-p", "0.4"), "no such file: missing.h5"),
     (("{model}",), "percent is required"),
     (("{model}", "-p", "0.4", "--target", "macs:0.5"), "Send one of percent, target or plan"),
     (("{model}", "-p", "0.4", "--format", "pt2"), "--format 'pt2'"),
+    (("{onnx}", "-p", "0.4", "--format", "tflite"), "--format 'tflite': a onnx job makes model"),
+    (("{onnx}", "-p", "0.4", "--param", "finetune_epochs=2"), "ONNX models are not fine-tuned"),
     (("{model}", "-p", "0.4", "--param", "measure"), "write NAME=VALUE"),
     (("{model}", "-p", "0.4", "--param", "omited=dense"), "did you mean 'ommitted'"),
     (("{model}", "--weights", "{model}", "-p", "0.4"), "either MODEL"),
@@ -41,7 +66,10 @@ def test_local_run_writes_a_smaller_model_that_loads(keras_model, tmp_path):
     (("{model}", "--no-such-flag"), "unrecognized arguments"),
 ])
 def test_usage_errors_exit_2_before_anything_runs(keras_model, tmp_path, args, says):
-    run = edgeai_prune(*(arg.format(model=keras_model) for arg in args), cwd=tmp_path)
+    onnx_model = tmp_path / "net.onnx"
+    onnx_model.write_bytes(b"\x08\x08")  # refused before the file is read
+    run = edgeai_prune(*(arg.format(model=keras_model, onnx=onnx_model) for arg in args),
+                       cwd=tmp_path)
     assert run.returncode == 2, run.stderr
     assert says in run.stderr
     assert not list(tmp_path.glob("*.pruned*"))

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 _ENGINES = {
     "tensorflow": ("edgeai.pruning.keras_engine", "KerasPruner"),
     "pytorch": ("edgeai.pruning.torch_engine", "TorchPruner"),
+    "onnx": ("edgeai.pruning.onnx_engine", "OnnxPruner"),
 }
 FRAMEWORKS = tuple(_ENGINES)
 

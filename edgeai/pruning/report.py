@@ -135,7 +135,7 @@ class Evaluation:
 class JobReport:
     """Everything a finished job reports."""
 
-    framework: str = doc("tensorflow or pytorch")
+    framework: str = doc("tensorflow, pytorch or onnx")
     percent: float = doc("The requested fraction of channels to remove")
     rule: str = doc("How many channels a percent removes", default=RULE)
     round_to: int = doc("Every pruned group keeps a multiple of this many channels", default=1)

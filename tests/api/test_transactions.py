@@ -102,8 +102,9 @@ def test_expired_artifact_is_410_and_files_are_gone(app, client, headers, txid, 
 def test_swagger_ui_and_spec(client):
     assert client.get("/docs").status_code == 200
     spec = client.get("/api/swagger.json").get_json()
-    assert set(spec["paths"]) == {"/tf_prune", "/pt_prune", "/tf_analyze", "/pt_analyze",
-                                  "/status", "/download", "/cancel"}
+    assert set(spec["paths"]) == {"/tf_prune", "/pt_prune", "/onnx_prune", "/tf_analyze",
+                                  "/pt_analyze", "/onnx_analyze", "/status", "/download",
+                                  "/cancel"}
     assert client.get("/swagger.json").get_json()["paths"] == spec["paths"]
     for path in spec["paths"].values():
         for operation in path.values():

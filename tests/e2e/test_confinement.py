@@ -168,7 +168,7 @@ def test_class_files_that_pass_the_check_get_nothing_of_the_server(live_server, 
 def test_a_server_missing_a_wall_refuses_code_and_says_why(live_server, tmp_path):
     """EDGEAI_SANDBOX_SKIP=seccomp stands in for a kernel without seccomp: /healthz says
     which wall is missing, a PyTorch job (a class file is code) fails with the reason,
-    a Keras .h5 (no code) is pruned."""
+    a Keras .h5 and an ONNX file with an .npz dataset (no code) are pruned."""
     server = live_server(EDGEAI_SANDBOX_SKIP="seccomp")
     headers = server.create_key()
     health = requests.get(f"{server.url}/healthz", timeout=10).json()["sandbox"]
@@ -183,6 +183,24 @@ def test_a_server_missing_a_wall_refuses_code_and_says_why(live_server, tmp_path
     with open(model, "rb") as handle:
         response = requests.post(f"{server.url}/api/tf_prune", params={"percent": "0.4"},
                                  headers=headers, files={"model": ("m.h5", handle)}, timeout=60)
+    status = server.wait(response.json()["txid"], headers)
+    assert status["status"] == "0", status
+    assert status["report"]["sandbox"]["layers"]["seccomp"] is False
+
+    import numpy as np
+    import onnx
+
+    from tests.pruning.onnx_engine.conftest import Net
+
+    net = Net()
+    onnx.save(net.model(net.head(net.conv(net.x, 3, 8), 8)), tmp_path / "net.onnx")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "data.npz", x=rng.normal(size=(20, 3, 8, 8)).astype(np.float32),
+             y=rng.integers(0, 4, 20))
+    with open(tmp_path / "net.onnx", "rb") as model, open(tmp_path / "data.npz", "rb") as data:
+        response = requests.post(f"{server.url}/api/onnx_prune", params={"percent": "0.5"},
+                                 headers=headers, timeout=60,
+                                 files={"model": ("net.onnx", model), "dataset": ("d.npz", data)})
     status = server.wait(response.json()["txid"], headers)
     assert status["status"] == "0", status
     assert status["report"]["sandbox"]["layers"]["seccomp"] is False

@@ -67,8 +67,9 @@ def api_schema(spec_url):
 
 # schemathesis.pytest.from_fixture() fails under pytest 9 ('Function' object has no attribute
 # '_nodeid', schemathesis 4.32.5), so each operation's strategy is driven by hypothesis here.
-OPERATIONS = ["POST /tf_prune", "POST /pt_prune", "GET /status", "GET /download",
-              "POST /tf_analyze", "POST /pt_analyze", "POST /cancel"]
+OPERATIONS = ["POST /tf_prune", "POST /pt_prune", "POST /onnx_prune", "GET /status",
+              "GET /download", "POST /tf_analyze", "POST /pt_analyze", "POST /onnx_analyze",
+              "POST /cancel"]
 
 
 def test_spec_lists_exactly_the_guide_operations(api_schema):

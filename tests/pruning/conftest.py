@@ -1,5 +1,7 @@
 """The same small network in each framework, saved as a user saves it, for the tests of
-the pipeline's common steps (written once, run for both engines)."""
+the pipeline's common steps (written once, run for every engine). The ONNX one is the
+torch network exported with torch.onnx.export, its nodes renamed as a user might name
+them (the first convolution keeps the exporter's folder-like name)."""
 from __future__ import annotations
 
 import os
@@ -71,6 +73,8 @@ class Framework:
             path = self.tmp / f"net-{uuid.uuid4().hex[:6]}.keras"
             model.save(path)
             return {"model": str(path)}, {"model": "net.keras"}, {}
+        if self.name == "onnx":
+            return self.onnx_files(layer_norm)
         import torch
 
         folder = self.tmp / f"user-{uuid.uuid4().hex[:6]}"
@@ -88,6 +92,24 @@ class Framework:
                 {"class_def": "model.py", "weights": "weights.pth"},
                 {"input_size": [3, 10, 10], "model_name": "Net"})
 
+    def onnx_files(self, layer_norm: bool):
+        import onnx
+        import torch
+
+        from tests.pruning.onnx_engine.models import export_torch
+
+        source = TORCH_NET.replace("NORM", "nn.LayerNorm(16)" if layer_norm else "nn.Identity()")
+        namespace: dict = {}
+        exec(compile(textwrap.dedent(source), "model.py", "exec"), namespace)
+        torch.manual_seed(0)
+        path = self.tmp / f"net-{uuid.uuid4().hex[:6]}.onnx"
+        export_torch(namespace["Net"](), (3, 10, 10), path)
+        model = onnx.load(path)
+        for node in model.graph.node:
+            node.name = {"/conv2/Conv": "conv2", "/fc/Gemm": "fc"}.get(node.name, node.name)
+        onnx.save(model, path)
+        return {"model": str(path)}, {"model": "net.onnx"}, {}
+
     def corrupting_engine(self):
         """The real engine, except that its rewrite swaps two kept filters of conv2."""
         base = self.engine_class
@@ -102,6 +124,16 @@ class Framework:
 
 
 def swap_two_filters(model, framework: str) -> None:
+    if framework == "onnx":
+        from onnx import numpy_helper
+
+        node = next(n for n in model.proto.graph.node if n.name == "conv2")
+        for init in model.proto.graph.initializer:
+            if init.name in (node.input[1], node.input[2]):
+                value = numpy_helper.to_array(init).copy()
+                value[[0, 1]] = value[[1, 0]] + (1.0 if value.ndim == 1 else 0.0)
+                init.CopyFrom(numpy_helper.from_array(value, init.name))
+        return
     if framework == "tensorflow":
         layer = model.get_layer("conv2")
         kernel, bias = layer.get_weights()
@@ -116,12 +148,16 @@ def swap_two_filters(model, framework: str) -> None:
         model.conv2.bias[[0, 1]] = model.conv2.bias[[1, 0]].clone() + 1.0
 
 
-@pytest.fixture(params=["tensorflow", "pytorch"])
+@pytest.fixture(params=["tensorflow", "pytorch", "onnx"])
 def framework(request, tmp_path):
     if request.param == "tensorflow":
         from edgeai.pruning.keras_engine import KerasPruner
 
         return Framework("tensorflow", KerasPruner, "block/conv1", "block", tmp_path)
+    if request.param == "onnx":
+        from edgeai.pruning.onnx_engine import OnnxPruner
+
+        return Framework("onnx", OnnxPruner, "/block/block.0/Conv", "/block", tmp_path)
     from edgeai.pruning.torch_engine import TorchPruner
 
     return Framework("pytorch", TorchPruner, "block.0", "block", tmp_path)

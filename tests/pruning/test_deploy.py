@@ -103,7 +103,7 @@ def test_latency_is_measured_before_and_after_in_every_runtime(framework):
     assert speed["threads"] >= 1 and speed["seconds"] > 0
     rows = {(row["runtime"], row["batch"]): row for row in speed["latencies"]}
     expected = {"tensorflow": {"keras", "tflite", "onnxruntime"},
-                "pytorch": {"torch", "onnxruntime"}}[framework.name]
+                "pytorch": {"torch", "onnxruntime"}, "onnx": {"onnxruntime"}}[framework.name]
     assert {runtime for runtime, _ in rows} == expected
     assert {batch for _, batch in rows} == {1, 4}
     for row in rows.values():
