@@ -146,6 +146,26 @@ class OnnxPruner(Engine):
         onnx.checker.check_model(tiny)
         runtime.runner(tiny.SerializeToString(), np.zeros(1, np.float32))()
 
+    def preload(self) -> bool:
+        """Import onnx and this engine's modules in a zygote; not ONNX Runtime, whose
+        import starts a thread (a process with threads is not safe to fork): the forked
+        child imports it in :meth:`warm_up` (the engine imports it on first use)."""
+        import onnx  # noqa: F401
+
+        from edgeai.pruning import accuracy, sensitivity, speed, verify  # noqa: F401
+        from edgeai.pruning.onnx_engine import (  # noqa: F401
+            analysis,
+            channels,
+            dataset,
+            graph,
+            loading,
+            measure,
+            recovery,
+            rewrite,
+            runtime,
+        )
+        return False
+
     def untrusted_code(self, job: PruneJob) -> str | None:
         """An ONNX file is data: operators of a fixed set, no code; external data (paths)
         is refused when it is read. The .npz dataset is read with pickles off."""

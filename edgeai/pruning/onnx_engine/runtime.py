@@ -9,15 +9,26 @@ count reads the shapes around each layer.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
-import onnxruntime as ort
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
+
+
+def _ort() -> Any:
+    """ONNX Runtime, imported on first use: its import starts a thread, and a zygote
+    (which imports this module) must stay single-threaded to fork safely."""
+    import onnxruntime
+
+    return onnxruntime
 
 
 def session_options(threads: int = 1, optimize: bool = True) -> ort.SessionOptions:
     """Options for a session that uses ``threads`` compute threads and never spins."""
+    ort = _ort()
     options = ort.SessionOptions()
     options.intra_op_num_threads = max(1, threads)
     options.inter_op_num_threads = 1
@@ -33,8 +44,8 @@ def session_options(threads: int = 1, optimize: bool = True) -> ort.SessionOptio
 def make_session(content: bytes | str, threads: int = 1,
                  optimize: bool = True) -> ort.InferenceSession:
     """An ONNX Runtime session (CPU) for a serialized model or a file path."""
-    return ort.InferenceSession(content, session_options(threads, optimize),
-                                providers=["CPUExecutionProvider"])
+    return _ort().InferenceSession(content, session_options(threads, optimize),
+                                   providers=["CPUExecutionProvider"])
 
 
 def feeds(session: ort.InferenceSession, batch: Any) -> dict[str, np.ndarray]:
