@@ -116,14 +116,18 @@ class ChannelReader:
         self._progress: bytes | None = None
         self._message_bytes = 0
         self._buffer = bytearray()
+        self._ended = False
         self._thread = threading.Thread(target=self._run, daemon=True, name="sandbox-channel")
         self._thread.start()
 
     # -- reading ---------------------------------------------------------------
     def _read_exactly(self, size: int) -> bytes | None:
+        """``size`` bytes, or None at the end of the stream (a frame cut short ends the
+        reading too: what is left in the buffer is never taken for a header)."""
         while len(self._buffer) < size:
             chunk = os.read(self.fd, max(65536, size - len(self._buffer)))
             if not chunk:
+                self._ended = True
                 return None
             self._buffer += chunk
         data = bytes(self._buffer[:size])
@@ -132,7 +136,7 @@ class ChannelReader:
 
     def _run(self) -> None:
         try:
-            while True:
+            while not self._ended:
                 header = self._read_exactly(HEADER.size)
                 if header is None:
                     return
