@@ -131,7 +131,12 @@ class JobRunner:
 
     # -- lifecycle ---------------------------------------------------------
     def start(self) -> None:
-        """Recover stale rows, start the spares, the dispatcher and the heartbeat."""
+        """Remove what dead runs left on disk, recover stale rows, start the spares, the
+        dispatcher and the heartbeat."""
+        try:
+            self.storage.remove_leftovers()
+        except Exception:  # clean-up must never stop a server or a worker from starting
+            log.exception("removing leftovers of dead runs")
         recover_stale_jobs(self.database, self.settings.stale_seconds, self.settings.max_attempts)
         self.sandbox.probe()
         self.sandbox.prepare_spares(FRAMEWORKS)

@@ -6,6 +6,7 @@
 ``seccomp``     the system calls a job may not make
 ``supervisor``  starting children, handing them jobs, collecting what they made
 ``child``       the child's side of the protocol
+``removal``     deleting what a job could have shaped, without following it anywhere
 """
 from edgeai.sandbox.limits import Limits, limits_from_settings
 from edgeai.sandbox.supervisor import JobFailed, Sandbox, missing_walls, sandbox_user

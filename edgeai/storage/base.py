@@ -131,6 +131,13 @@ class FileStore(ABC):
     def remove_transaction(self, txid: str) -> None:
         """Delete everything stored for ``txid`` (a submission that never got queued)."""
 
+    @abstractmethod
+    def remove_leftovers(self) -> list[str]:
+        """Delete what dead processes sharing this host's data dir left there (a run's
+        staging folder and its fetched inputs, an upload being received), never what a
+        live process uses; called when a server or worker starts. Returns what was
+        removed; never raises for what the folders hold."""
+
 
 _ALPHABET = string.ascii_lowercase + string.digits + "_"
 
