@@ -338,17 +338,27 @@ class JobRunner:
                                   brings_code=get_engine(row.framework).untrusted_code(job),
                                   progress=_ProgressWriter(self.database, lease.token))
         # The report is the job's word: data, checked (raises ReportRejected) before
-        # anything of the job is published or stored.
-        report = check_report(result.report)
+        # anything of the job is published or stored; the model's name with it.
+        raw = result.report
+        if isinstance(raw, dict) and isinstance(raw.get("artifacts") or {}, dict):
+            raw = {**raw, "artifacts": {**(raw.get("artifacts") or {}),
+                                        "model": result.artifact}}
+        report = check_report(raw)
         artifacts = dict(report.get("artifacts") or {})
         if lease.cancel.is_set():
             raise JobFailed("The job's lease was lost; another worker runs it.")
         # Extra artifacts (PyTorch state_dict / torch.export) are published too,
-        # before the main one, so that "done" implies every listed file exists.
-        for name in artifacts.values():
-            if name and name != result.artifact:
+        # before the main one, so that "done" implies every listed file exists; if one
+        # cannot be, none stays published.
+        published: list[str] = []
+        try:
+            for name in dict.fromkeys([*(n for n in artifacts.values()
+                                         if n and n != result.artifact), result.artifact]):
                 self.storage.publish(row.txid, staging / name, name)
-        self.storage.publish(row.txid, staging / result.artifact, result.artifact)
+                published.append(name)
+        except BaseException:
+            self.storage.remove_artifacts(row.txid, published)
+            raise
         artifacts["model"] = result.artifact
         report["artifacts"] = artifacts
         return {"state": "done", "message": result.message, "filename": result.artifact,

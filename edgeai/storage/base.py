@@ -47,8 +47,12 @@ def check_txid(txid: str) -> str:
 
 
 def check_filename(filename: str) -> str:
-    """Return ``filename``; raises ValueError unless it is a bare, visible file name."""
-    if not filename or Path(filename).name != filename or filename.startswith("."):
+    """Return ``filename``; raises ValueError unless it is a bare, visible file name of at
+    most 255 bytes without control characters (it goes into a path, a key and a
+    Content-Disposition header)."""
+    if not filename or Path(filename).name != filename or filename.startswith(".") \
+            or any(ord(c) < 32 or 127 <= ord(c) < 160 for c in filename) \
+            or len(filename.encode("utf-8", "surrogateescape")) > 255:
         raise ValueError(f"not a bare file name: {filename!r}")
     return filename
 
