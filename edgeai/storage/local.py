@@ -35,7 +35,7 @@ import stat
 import tempfile
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO
 
@@ -237,27 +237,26 @@ class LocalStorage(FileStore):
         folders left empty; and retry what the quarantine holds. Returns what it
         removed. Never raises for what the folders hold."""
         removed: list[str] = []
+
+        def sweep(path: Path, remove: Callable[[Path], bool]) -> None:
+            try:
+                if remove(path):
+                    removed.append(str(path))
+            except OSError as error:  # one odd entry must not stop the sweep or the start
+                log.warning("leftover %s: %s", path, error)
+
         for txid_dir in _entries(self.jobs):
             if not _UUID.match(txid_dir.name) or not txid_dir.is_dir():
                 continue
             for entry in _entries(txid_dir):
-                if entry.name.startswith("staging") and self._abandoned(entry):
-                    removed.append(str(entry))
-            if _older_than(txid_dir, LEFTOVER_GRACE_SECONDS):
-                try:
-                    txid_dir.rmdir()  # only when nothing is left in it
-                    removed.append(str(txid_dir))
-                except OSError:
-                    pass
+                if entry.name.startswith("staging"):
+                    sweep(entry, self._abandoned)
+            sweep(txid_dir, _remove_if_empty_and_old)
         for entry in _entries(self.incoming):
-            if entry.name.startswith("upload-") and self._upload_abandoned(entry):
-                removed.append(str(entry))
+            if entry.name.startswith("upload-"):
+                sweep(entry, self._upload_abandoned)
         for entry in _entries(self.quarantine):
-            if remove_tree(entry).removed:
-                removed.append(str(entry))
-            else:
-                log.warning("quarantine: %s still cannot be removed (see the log of its "
-                            "removal); delete it by hand", entry)
+            sweep(entry, _remove_quarantined)
         if removed:
             log.info("removed %d leftover(s) of processes that died: %s", len(removed),
                      ", ".join(removed[:10]) + (" ..." if len(removed) > 10 else ""))
@@ -305,6 +304,27 @@ class LocalStorage(FileStore):
             return False
         finally:
             os.close(fd)
+
+
+def _remove_if_empty_and_old(folder: Path) -> bool:
+    """Remove a transaction folder left empty (its run's folder gone, nothing stored
+    locally), unless it is young: a submission may be about to fill it."""
+    if not _older_than(folder, LEFTOVER_GRACE_SECONDS):
+        return False
+    try:
+        folder.rmdir()  # only when nothing is left in it
+        return True
+    except OSError:
+        return False
+
+
+def _remove_quarantined(entry: Path) -> bool:
+    """Try again to remove what an earlier removal moved aside."""
+    if remove_tree(entry).removed:
+        return True
+    log.warning("quarantine: %s still cannot be removed (see the log of its removal); "
+                "delete it by hand", entry)
+    return False
 
 
 def _entries(folder: Path) -> list[Path]:
