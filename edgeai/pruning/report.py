@@ -255,7 +255,7 @@ _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud
 class ReportRejected(ValueError):
     """A report (or a text) a job handed back is not what the server stores; ``str()``
     names the field and says what was expected, e.g. ``report.percent: expected a
-    number in [0, 1), got a list``."""
+    finite number in [0, 1), got a list``."""
 
 
 def _kind(value: Any) -> str:
