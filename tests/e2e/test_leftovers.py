@@ -71,5 +71,7 @@ def test_a_restart_after_sigkill_removes_the_dead_runs_files(live_server, tmp_pa
     assert "removed 2 leftover(s)" in Path(restarted.log_path).read_text()
     body = restarted.wait(txid, headers, timeout=300)  # re-queued once its lease expired
     assert body["status"] == "0", body
-    assert sorted(p.name for p in job_folder.iterdir()) == ["result"]
+    # The run removes its inputs and its folder just after it writes "done".
+    wait_for(lambda: sorted(p.name for p in job_folder.iterdir()) == ["result"], 30,
+             "the finished run to clean up")
     assert list((data / "incoming").iterdir()) == []

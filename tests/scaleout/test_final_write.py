@@ -64,11 +64,13 @@ class Service:
         self.runner.start()
 
     def wait(self, txid: str, timeout: float = 120) -> Transaction:
-        """The row once it ends (or is still running after ``timeout``)."""
+        """The row once it ends and its run has cleaned up after itself (or as it is
+        after ``timeout``)."""
         deadline = time.monotonic() + timeout
         while True:
             found = self.row(txid)
-            if found.state in TERMINAL or time.monotonic() > deadline:
+            if (found.state in TERMINAL and not self.runner.running()) \
+                    or time.monotonic() > deadline:
                 return found
             time.sleep(0.1)
 
