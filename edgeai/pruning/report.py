@@ -369,9 +369,7 @@ def _check_str(value: Any, where: str, rules: _Rules) -> str:
         raise ReportRejected(f"{where}: expected text, got {_kind(value)}")
     if rules.bare_name:
         return _check_bare_name(value, where)
-    if rules.max_chars < TEXT_CHARS and len(value) > rules.max_chars:
-        raise ReportRejected(f"{where}: expected a name of at most {rules.max_chars} "
-                             f"characters, got {len(value)}")
+    # Cut, not refused: a long layer name or warning is no reason to fail a job.
     return clean_text(value, rules.max_chars)
 
 
@@ -537,7 +535,7 @@ def check_report(data: Any) -> dict[str, Any]:
 
     Every field must have its declared type: numbers finite and in range (``percent``
     in [0, 1), counts whole and in [0, 2**53), ratios >= 0), text cleaned of control
-    characters and bounded (names :data:`NAME_CHARS`, other text :data:`TEXT_CHARS`),
+    characters and cut to a bound (names :data:`NAME_CHARS`, other text :data:`TEXT_CHARS`),
     file names bare, lists and objects at most :data:`MAX_ITEMS` entries, the
     free-form fields bounded JSON (:data:`MAX_DEPTH` levels, finite numbers), no key
     the report does not declare, at most :data:`MAX_NODES` values and
