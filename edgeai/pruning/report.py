@@ -409,9 +409,9 @@ def _check_free(value: Any, where: str, budget: _Budget, depth: int = 0) -> Any:
         return value
     if isinstance(value, str):
         return clean_text(value, TEXT_CHARS)
-    if depth >= MAX_DEPTH and isinstance(value, (list, dict)):
+    if depth >= MAX_DEPTH and isinstance(value, (list, tuple, dict)):
         raise ReportRejected(f"{where}: nested deeper than {MAX_DEPTH} levels")
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):  # a tuple: what server code adds, stored as a list
         _check_length(value, where)
         return [_check_free(item, f"{where}[{index}]", budget, depth + 1)
                 for index, item in enumerate(value)]
@@ -427,7 +427,7 @@ def _check_free(value: Any, where: str, budget: _Budget, depth: int = 0) -> Any:
     raise ReportRejected(f"{where}: expected JSON, got {_kind(value)}")
 
 
-def _check_length(value: list[Any] | dict[str, Any], where: str) -> None:
+def _check_length(value: list[Any] | tuple[Any, ...] | dict[str, Any], where: str) -> None:
     if len(value) > MAX_ITEMS:
         raise ReportRejected(f"{where}: {len(value)} entries (at most {MAX_ITEMS})")
 
@@ -470,7 +470,7 @@ def _check_value(value: Any, hint: Any, where: str, rules: _Rules, budget: _Budg
         return hint(value)
     if origin is list:
         (item,) = typing.get_args(hint)
-        if not isinstance(value, list):
+        if not isinstance(value, (list, tuple)):
             raise ReportRejected(f"{where}: expected a list, got {_kind(value)}")
         _check_length(value, where)
         return [_check_value(entry, item, f"{where}[{index}]", rules, budget)

@@ -51,9 +51,11 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 @dataclass
 class Removal:
-    """How a :func:`remove_tree` went: ``removed`` is True when nothing is left at the
-    path (deleted, or what remained moved to ``moved_to``); ``problems`` says what could
-    not be deleted and why (at most :data:`MAX_PROBLEMS`, then a count)."""
+    """How a :func:`remove_tree` went: ``removed`` is True when the tree is deleted (or
+    was not there); ``moved_to`` is where its remains went when they could not all be
+    deleted (the path is free then too); ``problems`` says what could not be deleted and
+    why (at most :data:`MAX_PROBLEMS`, then a count). Neither removed nor moved: the
+    remains are still at the path."""
 
     removed: bool
     moved_to: str | None = None
@@ -397,7 +399,7 @@ def remove_tree(path: str | os.PathLike[str], *,
             return Removal(removed=True, problems=problems.report())
         moved = _move_aside(parent_fd, name, os.fspath(quarantine), problems) \
             if quarantine is not None else None
-        removal = Removal(removed=moved is not None, moved_to=moved, problems=problems.report())
+        removal = Removal(removed=False, moved_to=moved, problems=problems.report())
     except _Moved as stop:
         problems.add(".", str(stop))
         removal = Removal(removed=not _exists(parent_fd, name), problems=problems.report())
