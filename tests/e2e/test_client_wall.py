@@ -36,7 +36,8 @@ def server(tmp_path_factory):
     live.storage = LocalStorage(live.data_dir)
     yield live
     live.database.dispose()
-    live.stop()
+    live.kill()  # nothing to finish gracefully; the graceful stop waits out keep-alives
+    live.log.close()
 
 
 def client_of(server) -> Client:
