@@ -62,6 +62,8 @@ def build_app(overrides: dict[str, Any] | None = None) -> Flask:
     if settings.run_jobs:
         runner = JobRunner(settings, database, storage)
         app.extensions["edgeai.runner"] = runner
-        runner.start()
+        runner.start()  # which removes what dead processes left in the data dir
         atexit.register(runner.stop)
+    else:
+        storage.remove_leftovers()  # uploads a killed API process was receiving
     return app

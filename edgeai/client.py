@@ -18,11 +18,13 @@ import json
 import os
 import re
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import ExitStack
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import unquote
 
 import requests
 
@@ -71,6 +73,75 @@ class JobFailed(ClientError):
     ``body`` the last status."""
 
 
+class OutputExists(ClientError, FileExistsError):
+    """A download would replace a file that exists (pass ``overwrite=True`` to allow it)."""
+
+
+# What a terminal would act on rather than show: escape sequences (CSI ``ESC [ ... final``,
+# OSC/DCS/SOS/PM/APC strings up to BEL or ST, two-character ``ESC x``), C0 controls but
+# tab and newline, DEL, C1 controls (0x9b is a CSI on its own) and the bidirectional
+# overrides that make text read other than it shows.
+_TERMINAL_CONTROLS = re.compile(
+    r"\x1b\[[0-?]*[ -/]*[@-~]?|\x9b[0-?]*[ -/]*[@-~]?"
+    r"|\x1b[\]PX^_][^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?"
+    r"|\x1b[ -/]*[0-~]?"
+    "|[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+MAX_FILE_NAME_BYTES = 255
+
+
+def terminal_text(value: Any) -> str:
+    """``value`` as text that is safe to print on a terminal: everything a terminal would
+    interpret (see ``_TERMINAL_CONTROLS``) removed, tab and newline kept. Everything the
+    server says is printed through this: it is data, not commands for the terminal."""
+    return _TERMINAL_CONTROLS.sub("", str(value))
+
+
+def safe_file_name(name: Any) -> str:
+    """``name`` if it is a file name the client may create from what a server said: a
+    bare name (no folder), not hidden, no control characters, at most 255 bytes.
+    Raises ClientError saying why not."""
+    text = name if isinstance(name, str) else ""
+    if not text or text in (".", "..") or text.startswith(".") or "/" in text \
+            or "\\" in text or terminal_text(text) != text or "\t" in text or "\n" in text \
+            or len(text.encode("utf-8", "surrogateescape")) > MAX_FILE_NAME_BYTES:
+        raise ClientError(f"The server named the file {terminal_text(repr(name))[:80]}, which "
+                          "is not a plain file name; pass a file path to download() "
+                          "instead of a folder.")
+    return text
+
+
+def save_chunks(chunks: Iterable[bytes], target: Path, overwrite: bool = False) -> Path:
+    """Write ``chunks`` to ``target`` whole or not at all: into a new temporary file
+    beside it, then linked into place (or, with ``overwrite``, renamed over it). Raises
+    OutputExists when ``target`` exists and ``overwrite`` is false (checked when the
+    file is placed, so a file that appears meanwhile is not replaced either)."""
+    target = Path(target)
+    if not overwrite and os.path.lexists(target):
+        raise OutputExists(f"{target} exists; not replaced (overwrite=True replaces it).")
+    handle, temporary = tempfile.mkstemp(dir=target.parent or ".",
+                                         prefix=f".{target.name[:100]}.", suffix=".part")
+    try:
+        with os.fdopen(handle, "wb") as out:
+            for chunk in chunks:
+                out.write(chunk)
+        if overwrite:
+            os.replace(temporary, target)
+            return target
+        try:
+            os.link(temporary, target)  # fails if anything has that name now
+        except FileExistsError:
+            raise OutputExists(f"{target} exists; not replaced (overwrite=True replaces "
+                               "it).") from None
+        except OSError:  # a file system without hard links
+            if os.path.lexists(target):
+                raise OutputExists(f"{target} exists; not replaced.") from None
+            os.replace(temporary, target)
+        return target
+    finally:
+        if os.path.lexists(temporary):
+            os.unlink(temporary)
+
+
 def job_state(status: Mapping[str, Any]) -> str:
     """The state named in a status body: queued, running, done, failed or expired."""
     return str(status.get("state") or STATES_BY_STATUS.get(str(status.get("status")), "unknown"))
@@ -108,11 +179,12 @@ class PlainProgress:
 
 
 def progress_line(status: Mapping[str, Any], elapsed: float) -> str:
-    """The plain line :func:`print_progress` writes for ``status`` after ``elapsed`` s."""
-    state, phase = job_state(status), status.get("phase")
+    """The plain line :func:`print_progress` writes for ``status`` after ``elapsed`` s
+    (the server's words made safe to print: :func:`terminal_text`)."""
+    state, phase = terminal_text(job_state(status))[:40], status.get("phase")
     parts = [f"[{elapsed:5.1f}s]", f"{state:<8}"]
     if phase and phase != state:  # "queued" and "done" are phases too
-        parts.append(f"{phase:<11}")
+        parts.append(f"{terminal_text(phase)[:40]:<11}")
     fraction = status.get("progress")
     if isinstance(fraction, (int, float)):
         parts.append(f"{round(100 * float(fraction)):3d}%")
@@ -313,31 +385,43 @@ class Job:
                                 f"{job_state(status)}"), None, status)
         return status
 
-    def download(self, path: str | os.PathLike[str] = ".", format: str | None = None
-                 ) -> Path:
+    def download(self, path: str | os.PathLike[str] = ".", format: str | None = None, *,
+                 overwrite: bool = False) -> Path:
         """Stream the pruned model (or ``format``: tflite, onnx, state_dict, pt2...) to
-        ``path``; a folder gets the server's file name. Returns the file written.
+        ``path``; a folder gets the server's file name (a bare name only: see
+        :func:`safe_file_name`). Returns the file written. An existing file is never
+        replaced unless ``overwrite``.
 
-        Raises ClientError (409 while not done, 400 for a format the job lacks).
+        Raises OutputExists (the file exists), ClientError (409 while not done, 400 for
+        a format the job lacks, a file name the client will not use).
         """
         params = {"txid": self.txid, **({"format": format} if format else {})}
         target = Path(path)
+        if not target.is_dir() and not overwrite and os.path.lexists(target):
+            raise OutputExists(f"{target} exists; not replaced (overwrite=True replaces it).")
         with self.client.request("GET", "download", params=params, stream=True) as response:
             if target.is_dir():
-                target = target / self._served_name(response)
-            partial = target.with_name(f".{target.name}.part")
-            with open(partial, "wb") as handle:
-                for chunk in response.iter_content(CHUNK_BYTES):
-                    handle.write(chunk)
-            partial.replace(target)
-        return target
+                target = target / self._served_name(response, format)
+            return save_chunks(response.iter_content(CHUNK_BYTES), target, overwrite)
 
-    def _served_name(self, response: requests.Response) -> str:
-        """The bare file name the server's Content-Disposition gives (never a path)."""
-        found = re.search(r'filename="?([^";]+)"?', response.headers.get("Content-Disposition",
-                                                                          ""))
-        name = Path(found.group(1)).name if found else ""
-        return name if name and not name.startswith(".") else f"{self.txid}.model"
+    def _served_name(self, response: requests.Response, format: str | None) -> str:
+        """The file name the server gives (Content-Disposition, else the status's
+        ``filename`` for the model), checked by :func:`safe_file_name`."""
+        header = response.headers.get("Content-Disposition", "")
+        encoded = re.search(r"filename\*\s*=\s*UTF-8''([^;]+)", header, re.IGNORECASE)
+        plain = re.search(r'filename\s*=\s*(?:"([^"]*)"|([^;]*))', header, re.IGNORECASE)
+        if encoded:
+            try:
+                name = unquote(encoded.group(1).strip(), errors="strict")
+            except UnicodeDecodeError:
+                name = None
+        elif plain:
+            name = (plain.group(1) if plain.group(1) is not None else plain.group(2)).strip()
+        elif format in (None, "model"):
+            name = (self.last_status or self.status()).get("filename")
+        else:
+            name = None
+        return safe_file_name(name)
 
     def cancel(self) -> dict[str, Any]:
         """Ask the server to cancel the job (``POST /api/cancel``); return its answer.

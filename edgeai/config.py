@@ -137,6 +137,7 @@ class Settings:
     trusted_proxies: tuple[str, ...] = ()
     gateway_client_header: str = "X-IBM-Client-Id"
     max_upload_mb: int = 512
+    min_free_disk_mb: int = 1024
     max_running_jobs: int = 2
     worker_threads: int = 2
     max_jobs_per_client: int = 20
@@ -201,6 +202,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         trusted_proxies=_list(env, "EDGEAI_TRUSTED_PROXIES"),
         gateway_client_header=env.get("EDGEAI_GATEWAY_CLIENT_HEADER", "X-IBM-Client-Id"),
         max_upload_mb=_int(env, "EDGEAI_MAX_UPLOAD_MB", 512, 1),
+        min_free_disk_mb=_int(env, "EDGEAI_MIN_FREE_DISK_MB", 1024, 0),
         # 0: no service-wide cap, each process runs at most its own threads. That is the
         # default on PostgreSQL, whose workers live on several hosts and are sized there.
         max_running_jobs=_int(env, "EDGEAI_MAX_RUNNING_JOBS",

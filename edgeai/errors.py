@@ -77,3 +77,10 @@ class TooManyJobs(EdgeAIError):
     """The client already has its quota of queued and running jobs (429)."""
 
     code = 429
+
+
+class InsufficientStorage(EdgeAIError):
+    """The data dir's file system is below its reserve (``EDGEAI_MIN_FREE_DISK_MB``): an
+    upload is refused before it is stored (507)."""
+
+    code = 507

@@ -20,7 +20,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from edgeai.client import JobFailed, ProgressCallback, as_callback, job_state
+from edgeai.client import (
+    JobFailed,
+    ProgressCallback,
+    as_callback,
+    job_state,
+    safe_file_name,
+    save_chunks,
+)
 from edgeai.db.models import STATUS_CODES
 
 log = logging.getLogger(__name__)
@@ -159,9 +166,12 @@ class LocalJob:
             raise JobFailed(str(status.get("message")), None, status)
         return status
 
-    def download(self, path: str | Path, format: str | None = None) -> Path:
+    def download(self, path: str | Path, format: str | None = None, *,
+                 overwrite: bool = False) -> Path:
         """Copy the pruned model (or ``format``) to ``path`` (a folder keeps the artifact's
-        name). Raises JobFailed when the run is not done or made no such file."""
+        name), never over an existing file unless ``overwrite``, as
+        :meth:`edgeai.client.Job.download`. Raises JobFailed when the run is not done or
+        made no such file, OutputExists, ClientError for a name the client will not use."""
         status = self.status()
         artifacts = (status.get("report") or {}).get("artifacts") or {}
         name = artifacts.get(format or "model")
@@ -169,11 +179,12 @@ class LocalJob:
             raise JobFailed(f"No {format or 'model'} file: the run is {status['state']}; "
                             f"made: {', '.join(k for k, v in artifacts.items() if v) or 'none'}.",
                             None, status)
+        name = safe_file_name(name)
         target = Path(path)
         if target.is_dir():
             target = target / name
-        shutil.copyfile(self.staging / name, target)
-        return target
+        with open(self.staging / name, "rb") as source:
+            return save_chunks(iter(lambda: source.read(1 << 20), b""), target, overwrite)
 
     def cancel(self) -> dict[str, Any]:
         """Stop the run (its sandboxed child is killed)."""
@@ -184,4 +195,6 @@ class LocalJob:
         """Stop the run if it still goes and delete its folder."""
         self._cancel.set()
         self._thread.join(30)
-        shutil.rmtree(self.folder, ignore_errors=True)
+        from edgeai.sandbox.removal import remove_tree
+
+        remove_tree(self.folder)  # the job's child wrote in it: any depth, any links

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Mapping
@@ -42,6 +43,10 @@ examples:
   edgeai prune --weights mnist_cnn.pth --class-def model.py --model-name Net \\
                --input-size 1,28,28 -p 0.5 --omit fc1,fc2
 
+files: an existing file is never replaced without --overwrite: -o FILE that exists is
+refused at once; the default name (and a name in -o FOLDER) takes the next free
+MODEL.pruned-N.<ext> instead.
+
 output: a progress bar on a terminal, plain lines ("[  3.1s] running  pruning  40%")
 otherwise; --json prints the final status and report as JSON on stdout (progress then
 goes to stderr). Ctrl-C on a terminal asks whether to cancel the job on the server;
@@ -69,7 +74,11 @@ def add_prune_parser(groups: Any) -> None:
     how.add_argument("--plan", type=Path, help="per-group plan .json (from an analysis)")
     what = prune.add_argument_group("what to write and keep")
     what.add_argument("-o", "--output", type=Path,
-                      help="file (or folder) to write; default MODEL.pruned.<ext> here")
+                      help="file (or folder) to write; default MODEL.pruned.<ext> here (or, "
+                      "when that exists, MODEL.pruned-2.<ext>, ...)")
+    what.add_argument("--overwrite", action="store_true",
+                      help="replace the output file if it exists (without it, an existing "
+                      "-o FILE is refused before anything is sent)")
     what.add_argument("--format", help="file to produce: model (default); tflite, "
                       "tflite-int8, onnx (Keras); state_dict, pt2, onnx (PyTorch)")
     what.add_argument("--omit", help="comma-separated layer names to keep whole")
@@ -172,11 +181,15 @@ class RichDisplay:
         self.progress.start()
 
     def __call__(self, status: dict[str, Any]) -> None:
-        from edgeai.client import job_state
+        from rich.markup import escape
+
+        from edgeai.client import job_state, terminal_text
 
         state, fraction = job_state(status), status.get("progress")
         phase = status.get("phase")
         description = f"{state} {phase}" if phase and phase != state else state
+        # The server's words: no terminal controls, and no rich markup either.
+        description = escape(terminal_text(description)[:60])
         if state == "done":
             self.progress.update(self.task, description=description, total=1, completed=1)
         elif isinstance(fraction, (int, float)):
@@ -212,14 +225,24 @@ def display_for(as_json: bool) -> RichDisplay | PlainDisplay:
 
 
 def output_path(args: argparse.Namespace, status: Mapping[str, Any], source: Path) -> Path:
-    """Where the pruned file goes: ``-o`` (a folder gets the default name), else
-    ``<source stem>.pruned<ext of the file made>`` in the current folder."""
+    """Where the pruned file goes: ``-o FILE``, else ``<source stem>.pruned<ext of the
+    file made>`` in ``-o FOLDER`` or the current folder; when that name is taken (and
+    not ``--overwrite``), the first free ``<source stem>.pruned-N<ext>``. The extension
+    is the server's only if it is a plain one (letters, digits, ``-``, ``_``)."""
+    if args.output is not None and not args.output.is_dir():
+        return args.output
     artifacts = (status.get("report") or {}).get("artifacts") or {}
     made = artifacts.get(args.format or "model") or status.get("filename") or ""
-    name = f"{source.stem}.pruned{''.join(Path(made).suffixes[-1:])}"
-    if args.output is None:
-        return Path.cwd() / name
-    return args.output / name if args.output.is_dir() else args.output
+    suffix = "".join(Path(str(made)).suffixes[-1:])
+    if not re.fullmatch(r"\.[A-Za-z0-9_-]{1,16}", suffix):
+        suffix = ""
+    folder = args.output if args.output is not None else Path.cwd()
+    name = folder / f"{source.stem}.pruned{suffix}"
+    number = 2
+    while not args.overwrite and os.path.lexists(name) and number < 10_000:
+        name = folder / f"{source.stem}.pruned-{number}{suffix}"
+        number += 1
+    return name
 
 
 def open_job(args: argparse.Namespace, framework: str, files: dict[str, Path],
@@ -259,7 +282,7 @@ def follow(job: Any, as_json: bool, on_server: bool) -> dict[str, Any]:
 
 def interrupted(job: Any, on_server: bool) -> None:
     """Ctrl-C: cancel a local run; for a server's job ask on a terminal, else leave it."""
-    from edgeai.client import ClientError
+    from edgeai.client import ClientError, terminal_text
 
     if not on_server:
         job.cancel()
@@ -274,12 +297,14 @@ def interrupted(job: Any, on_server: bool) -> None:
     if answer in ("y", "yes"):
         try:
             reply = job.cancel()
-            print(f"edgeai: {reply.get('message') or 'cancel requested'} ({job.txid})",
-                  file=sys.stderr)
+            print(terminal_text(f"edgeai: {reply.get('message') or 'cancel requested'} "
+                                f"({job.txid})"), file=sys.stderr)
         except ClientError as error:
-            print(f"edgeai: could not cancel {job.txid}: {error}", file=sys.stderr)
+            print(terminal_text(f"edgeai: could not cancel {job.txid}: {error}"),
+                  file=sys.stderr)
         return
-    print(f"edgeai: left running on the server: txid {job.txid}", file=sys.stderr)
+    print(terminal_text(f"edgeai: left running on the server: txid {job.txid}"),
+          file=sys.stderr)
 
 
 def summary(status: Mapping[str, Any], output: Path, seconds: float) -> str:
@@ -293,24 +318,42 @@ def summary(status: Mapping[str, Any], output: Path, seconds: float) -> str:
             parts.append(f"{label} {before:,.0f} -> {after:,.0f} ({after / before - 1:+.0%})")
     head = f"done in {seconds:.1f} s" + (": " + ", ".join(parts) if parts else "")
     link = status.get("report_url")
-    return f"{head}\nwrote {output}" + (f"\nreport: {link}" if link else "")
+    from edgeai.client import terminal_text
+
+    return terminal_text(f"{head}\nwrote {output}" + (f"\nreport: {link}" if link else ""))
 
 
 def run_prune(args: argparse.Namespace) -> int:
     """Run ``edgeai prune``; return its exit code (see the module docstring)."""
-    from edgeai.client import AuthError, ClientError, JobFailed, KeyFileError, ServerUnreachable
+    from edgeai.client import (
+        AuthError,
+        ClientError,
+        JobFailed,
+        KeyFileError,
+        OutputExists,
+        ServerUnreachable,
+    )
     from edgeai.errors import BadRequest
 
     started = time.monotonic()
     job = None
     try:
         framework, files, raw = request_from(args)
+        if args.output is not None and not args.output.is_dir() and not args.overwrite \
+                and os.path.lexists(args.output):
+            raise UsageError(f"{args.output} exists; pass --overwrite to replace it, or -o "
+                             "another name")
         job = open_job(args, framework, files, raw)
         status = follow(job, args.json, bool(args.server))
         source = files.get("model") or files["weights"]
-        output = job.download(output_path(args, status, source), args.format)
+        output = job.download(output_path(args, status, source), args.format,
+                              overwrite=args.overwrite)
     except (UsageError, BadRequest) as error:
         return fail(EXIT_USAGE, error)
+    except OutputExists as error:  # it appeared while the job ran
+        kept = f" The job is done on the server: txid {getattr(job, 'txid', '?')}." \
+            if args.server else ""
+        return fail(EXIT_FAILED, f"{error}{kept}")
     except (ServerUnreachable, AuthError, KeyFileError) as error:
         hint = (" (set EDGEAI_CLIENT_ID and EDGEAI_CLIENT_SECRET, or the key file: see "
                 "edgeai prune --help)") if isinstance(error, AuthError) else ""
@@ -332,6 +375,9 @@ def run_prune(args: argparse.Namespace) -> int:
 
 
 def fail(code: int, error: object) -> int:
-    """Print ``edgeai: <error>`` on stderr; return ``code``."""
-    print(f"edgeai: {error}", file=sys.stderr)
+    """Print ``edgeai: <error>`` on stderr (the server's words made safe for a terminal:
+    :func:`edgeai.client.terminal_text`); return ``code``."""
+    from edgeai.client import terminal_text
+
+    print(f"edgeai: {terminal_text(error)}", file=sys.stderr)
     return code

@@ -29,6 +29,13 @@ from typing import Any
 from edgeai.config import Settings
 from edgeai.db import Database, Transaction
 from edgeai.pruning import FRAMEWORKS, get_engine, spec_for
+from edgeai.pruning.report import (
+    ERROR_CHARS,
+    MESSAGE_CHARS,
+    ReportRejected,
+    check_report,
+    clean_text,
+)
 from edgeai.queue import (
     CANCELLED,
     build_job,
@@ -62,7 +69,8 @@ def sandbox_for(settings: Settings) -> Sandbox:
     return Sandbox(Path(settings.data_dir) / "sandbox", limits_from_settings(settings),
                    warm_spares=settings.warm_spares, mode=settings.sandbox,
                    skip=settings.sandbox_skip, hidden=tuple(str(p) for p in hidden),
-                   uids=settings.sandbox_uids)
+                   uids=settings.sandbox_uids,
+                   quarantine=Path(settings.data_dir) / "quarantine")
 
 
 @dataclass
@@ -126,7 +134,12 @@ class JobRunner:
 
     # -- lifecycle ---------------------------------------------------------
     def start(self) -> None:
-        """Recover stale rows, start the spares, the dispatcher and the heartbeat."""
+        """Remove what dead runs left on disk, recover stale rows, start the spares, the
+        dispatcher and the heartbeat."""
+        try:
+            self.storage.remove_leftovers()
+        except Exception:  # clean-up must never stop a server or a worker from starting
+            log.exception("removing leftovers of dead runs")
         recover_stale_jobs(self.database, self.settings.stale_seconds, self.settings.max_attempts)
         self.sandbox.probe()
         self.sandbox.prepare(FRAMEWORKS)
@@ -258,17 +271,23 @@ class JobRunner:
             values = self._execute(row, lease)
         except JobFailed as error:
             values = {"state": "failed", "message": str(error)}
+        except ReportRejected as error:
+            values = {"state": "failed", "message": f"The job's report was refused: {error}"}
         except Exception as error:  # every job ends in a terminal state
             log.exception("job %s", txid)
             values = {"state": "failed",
                       "message": f"Internal error while pruning: {type(error).__name__}: {error}"}
         if lease.cancelled_by_client and values.get("state") != "done":  # done: too late
             values = {"state": "failed", "message": CANCELLED}
+        values["message"] = clean_text(str(values.get("message") or ""), MESSAGE_CHARS
+                                       if values.get("state") == "done" else ERROR_CHARS)
         try:
             if self._stop.is_set() and values.get("state") != "done":
                 release(self.database, [lease.token])
                 log.info("job %s handed back (lease %s)", txid, lease.token)
-            elif finish_job(self.database, txid, self.claimer, lease=lease.token, **values):
+            elif (written := self._finish(txid, lease, values)) == "unwritten":
+                pass  # logged; the lease expires and recovery re-queues or fails the row
+            elif written == "finished":
                 after = (f", written {(time.monotonic() - lease.exited_at) * 1000:.0f} ms "
                          "after its process ended" if lease.exited_at else "")
                 self.storage.remove_inputs(txid)
@@ -283,6 +302,39 @@ class JobRunner:
                 self._held.pop(lease.token, None)
             self._wake.set()
 
+    def _finish(self, txid: str, lease: _Lease, values: dict[str, Any]) -> str:
+        """Write the job's end under its lease: "finished", or "lost" when the lease was.
+
+        A write the database refuses (a value it cannot hold, a constraint, the
+        database going away) must not leave the job running until its attempts are
+        spent with its files published: the artifacts are removed and the job is
+        failed with the reason instead. Returns "unwritten" when even that fails (the
+        row's lease then expires and recovery takes it); never raises.
+        """
+        try:
+            return "finished" if finish_job(self.database, txid, self.claimer,
+                                            lease=lease.token, **values) else "lost"
+        except Exception as error:  # the database's refusal, whatever it is
+            log.exception("job %s: storing its %s state failed", txid, values.get("state"))
+            cause = getattr(error, "orig", None) or error
+            reason = clean_text(
+                f"The server could not store this job's result ({type(cause).__name__}: "
+                f"{str(cause).strip().splitlines()[0] if str(cause).strip() else 'no detail'})"
+                "; nothing of it was kept. Submit the model again; if it fails the same way, "
+                "tell the server's operator.", ERROR_CHARS)
+        published = (values.get("report") or {}).get("artifacts") or {}
+        try:
+            self.storage.remove_artifacts(txid, {name for name in published.values() if name})
+        except Exception:  # still fail the job below
+            log.exception("job %s: removing its published files", txid)
+        try:
+            return "finished" if finish_job(self.database, txid, self.claimer,
+                                            lease=lease.token, state="failed",
+                                            message=reason) else "lost"
+        except Exception:  # the database is gone: nothing more to do here
+            log.exception("job %s: failing it failed too; its lease will expire", txid)
+            return "unwritten"
+
     def _execute(self, row: Transaction, lease: _Lease) -> dict[str, Any]:
         staging = self.storage.work_dir(row.txid, lease.token)
         roles = [role.name for role in spec_for(row.framework).files]
@@ -291,16 +343,28 @@ class JobRunner:
                                   brings_code=get_engine(row.framework).untrusted_code(job),
                                   progress=_ProgressWriter(self.database, lease.token))
         lease.exited_at = result.exited_at
-        report = dict(result.report)
+        # The report is the job's word: data, checked (raises ReportRejected) before
+        # anything of the job is published or stored; the model's name with it.
+        raw = result.report
+        if isinstance(raw, dict) and isinstance(raw.get("artifacts") or {}, dict):
+            raw = {**raw, "artifacts": {**(raw.get("artifacts") or {}),
+                                        "model": result.artifact}}
+        report = check_report(raw)
         artifacts = dict(report.get("artifacts") or {})
         if lease.cancel.is_set():
             raise JobFailed("The job's lease was lost; another worker runs it.")
         # Extra artifacts (PyTorch state_dict / torch.export) are published too,
-        # before the main one, so that "done" implies every listed file exists.
-        for name in artifacts.values():
-            if name and name != result.artifact:
+        # before the main one, so that "done" implies every listed file exists; if one
+        # cannot be, none stays published.
+        published: list[str] = []
+        try:
+            for name in dict.fromkeys([*(n for n in artifacts.values()
+                                         if n and n != result.artifact), result.artifact]):
                 self.storage.publish(row.txid, staging / name, name)
-        self.storage.publish(row.txid, staging / result.artifact, result.artifact)
+                published.append(name)
+        except BaseException:
+            self.storage.remove_artifacts(row.txid, published)
+            raise
         artifacts["model"] = result.artifact
         report["artifacts"] = artifacts
         return {"state": "done", "message": result.message, "filename": result.artifact,

@@ -30,3 +30,10 @@ def test_values_are_parsed():
     assert settings.trusted_proxies == ("10.0.0.1", "10.0.0.0/8")
     assert settings.database_url == "sqlite:////tmp/x/edgeai.sqlite3"
     assert settings.job_memory_mb == 2048
+
+
+def test_the_disk_reserve_is_a_gigabyte_unless_set():
+    assert load_settings({}).min_free_disk_mb == 1024
+    assert load_settings({"EDGEAI_MIN_FREE_DISK_MB": "0"}).min_free_disk_mb == 0
+    with pytest.raises(ConfigError, match="EDGEAI_MIN_FREE_DISK_MB=-1 must be at least 0"):
+        load_settings({"EDGEAI_MIN_FREE_DISK_MB": "-1"})

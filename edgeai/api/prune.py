@@ -7,6 +7,8 @@ engine. A handler validates and submits to the queue, nothing more.
 """
 from __future__ import annotations
 
+import logging
+import shutil
 from typing import Any
 
 from flask import request
@@ -16,10 +18,11 @@ from werkzeug.datastructures import FileStorage
 from edgeai import queue
 from edgeai.api import context
 from edgeai.api.params import client_file_name, inspect_uploads, read_files, read_params
-from edgeai.errors import SUBMIT
+from edgeai.errors import SUBMIT, InsufficientStorage, error_body
 from edgeai.pruning import specs
 from edgeai.pruning.spec import EngineSpec, FileRole, Param
 
+log = logging.getLogger(__name__)
 ns = Namespace("prune", description="Submit a model for L1-norm filter pruning")
 
 submitted = ns.model("Submitted", {
@@ -76,9 +79,36 @@ def parser_for(params: tuple[Param, ...], roles: tuple[FileRole, ...]) -> Any:
     return parser
 
 
+def below_reserve(incoming_bytes: int) -> tuple[dict[str, Any], int, dict[str, str]] | None:
+    """The 507 refusal when the data dir's file system would keep less than
+    ``EDGEAI_MIN_FREE_DISK_MB`` free after ``incoming_bytes`` more; None when there is
+    room. A full disk fails every job, the database and every later upload, so an
+    upload is refused before it is stored (with its Content-Length) and again once it is
+    received. Answered, not raised: Flask-RESTX logs every raised 5xx as a crash, and a
+    full disk is the operator's news, logged here in one line."""
+    settings = context.settings()
+    reserve = settings.min_free_disk_mb * 1024 * 1024
+    if reserve <= 0:
+        return None
+    free = shutil.disk_usage(settings.data_dir).free
+    if free - incoming_bytes >= reserve:
+        return None
+    mb = 1024 * 1024
+    needs = f"this upload needs {-(-incoming_bytes // mb)} MB, " if incoming_bytes else ""
+    error = InsufficientStorage(
+        f"The server is short of disk space: {free // mb} MB free, {needs}and it keeps "
+        f"{settings.min_free_disk_mb} MB in reserve (EDGEAI_MIN_FREE_DISK_MB). Nothing "
+        "was stored. Retry later; if this lasts, tell the server's operator.",
+        headers={"Retry-After": "60"})
+    log.warning("upload refused: %d MB free in %s, below EDGEAI_MIN_FREE_DISK_MB=%d",
+                free // mb, settings.data_dir, settings.min_free_disk_mb)
+    return error_body(error, SUBMIT), error.code, error.headers
+
+
 def submit_responses(method: Any) -> Any:
     """The responses a submit call documents (and the X-Fields-aware marshalling)."""
-    for code, why in ((429, "Too many jobs queued or running for this client"),
+    for code, why in ((507, "The server's disk is below its reserve (EDGEAI_MIN_FREE_DISK_MB)"),
+                      (429, "Too many jobs queued or running for this client"),
                       (413, "Upload too large"), (401, "Missing or invalid API key"),
                       (400, "Bad parameter, unknown parameter or bad file")):
         method = ns.response(code, why, refused)(method)
@@ -93,9 +123,13 @@ def submit_resource(spec: EngineSpec, analyze: bool = False) -> type[Resource]:
     check = spec.checker(analyze)
     endpoint = spec.analyze_endpoint if analyze else spec.endpoint
 
-    def post(self: Resource) -> dict[str, str]:
+    def post(self: Resource) -> Any:
         owner = context.current_client()
+        if refused := below_reserve(request.content_length or 0):  # before it is received
+            return refused
         uploads = read_files(roles, request.files, request.form)
+        if refused := below_reserve(0):  # received: the length was short, or not sent
+            return refused
         values = read_params(params, request.args, set(uploads), check)
         inspect_uploads(spec.inspect, values, uploads)
         if analyze:

@@ -19,7 +19,7 @@ from edgeai.db import Transaction
 from edgeai.errors import BadRequest, Conflict, Gone, NotFound
 from edgeai.pruning import spec_for, specs
 from edgeai.pruning.progress import PHASES
-from edgeai.pruning.report import JobReport
+from edgeai.pruning.report import JobReport, stored_report
 from edgeai.queue import CANCELLED, cancel_job
 from edgeai.report_page import report_url
 
@@ -52,6 +52,9 @@ status_model = ns.model("Status", {
     "finished_at": fields.Float(description="Finished, Unix time"),
     "report": fields.Nested(report_model, allow_null=True, skip_none=True,
                             description="What pruning did (when done)"),
+    "report_withheld": fields.String(description="Why a done job's report is not shown: "
+                                     "the stored report is not a valid one (rare: a report "
+                                     "is checked before it is stored)"),
     "report_url": fields.String(description="A web page of this transaction's report (charts, "
                                 "checks, downloads) that opens without API headers: the "
                                 "signed link opens only this transaction and expires after "
@@ -95,7 +98,7 @@ def find_transaction(accepted: list[str]) -> Transaction:
 
 def _why_missing(row: Transaction, fmt: str) -> str:
     """Why a finished job has no file in ``fmt``: its export's failure, or not asked for."""
-    report = row.report or {}
+    report = stored_report(row.report)[0] or {}
     export = (report.get("exports") or {}).get(fmt)
     if export:
         return export.get("detail") or "it could not be made"
@@ -125,7 +128,9 @@ class Status(Resource):
         }
         if row.state == "done":
             body["filename"] = row.filename
-            body["report"] = row.report
+            # Checked again as it is read: a row stored before reports were checked (or
+            # by another version) must not break this response, ever.
+            body["report"], body["report_withheld"] = stored_report(row.report)
         elif row.state == "queued":
             with context.database().session() as session:
                 body["queue_position"] = session.scalar(
@@ -157,7 +162,8 @@ class Download(Resource):
             raise Conflict(f"The transaction {reason}; nothing to download. {row.message}"
                            .strip(), status=row.status)
         fmt = (request.args.get("format") or "model").strip()
-        artifacts = (row.report or {}).get("artifacts") or {"model": row.filename}
+        artifacts = (stored_report(row.report)[0] or {}).get("artifacts") or {
+            "model": row.filename}
         allowed = list(spec_for(row.framework).downloads)
         if fmt not in allowed:
             raise BadRequest(f"format={fmt[:40]!r} is not available; allowed: "
@@ -166,7 +172,10 @@ class Download(Resource):
         if not filename:
             raise Conflict(f"No {fmt} file exists for this model: {_why_missing(row, fmt)}",
                            status=row.status)
-        download = context.storage().open_download(row.txid, filename)
+        try:
+            download = context.storage().open_download(row.txid, filename)
+        except ValueError:  # a stored name that is not a bare file name: nothing to send
+            download = None
         if download is None:
             raise Gone("The pruned model file is gone; submit the model again.")
         if download.url:  # EDGEAI_S3_DOWNLOADS=redirect: a presigned URL of the store

@@ -39,6 +39,7 @@ from flask import (
 
 from edgeai.api import context
 from edgeai.db import ApiKey, Transaction
+from edgeai.pruning.report import stored_report
 from edgeai.report_page.links import ReportLinks
 from edgeai.report_page.view import build_page, when
 
@@ -101,10 +102,14 @@ def download(token: str):
     """One of the transaction's files (``?format=``, default ``model``), as an attachment."""
     row = _open(token)
     fmt = request.args.get("format", "model")
-    filename = ((row.report or {}).get("artifacts") or {"model": row.filename}).get(fmt)
+    report = stored_report(row.report)[0] or {}
+    filename = (report.get("artifacts") or {"model": row.filename}).get(fmt)
     if row.state != "done" or not filename:
         abort(_not_found())
-    found = context.storage().open_download(row.txid, filename)
+    try:
+        found = context.storage().open_download(row.txid, filename)
+    except ValueError:  # a stored name that is not a bare file name
+        found = None
     if found is None:
         abort(_not_found())
     if found.url:  # EDGEAI_S3_DOWNLOADS=redirect: a presigned URL of the store

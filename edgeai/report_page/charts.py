@@ -6,6 +6,7 @@ built in Python.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,17 +101,36 @@ def _ticks(low: float, high: float, count: int = 5) -> list[float]:
     return [low + step * index for index in range(count)]
 
 
-def sensitivity_chart(sensitivity: dict[str, Any], metric: str = "metric", width: int = 760,
+def _numbers(values: Any) -> list[float] | None:
+    """``values`` as floats if it is a non-empty list of finite numbers, else None."""
+    if not isinstance(values, list) or not values or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            for v in values):
+        return None
+    return [float(v) for v in values]
+
+
+def sensitivity_chart(sensitivity: Any, metric: str = "metric", width: int = 760,
                       height: int = 320) -> SensitivityChart | None:
     """The chart of an analysis's ``sensitivity``; None when it has no curves. ``metric``
-    names the y axis when the analysis does not."""
-    ratios = [float(r) for r in sensitivity.get("ratios") or []]
-    groups = [g for g in sensitivity.get("groups") or [] if g.get("metric")]
-    if not ratios or not groups:
+    names the y axis when the analysis does not. The field is free-form JSON: groups
+    whose curve is not a list of finite numbers are left out, and without such ratios
+    there is no chart."""
+    sensitivity = sensitivity if isinstance(sensitivity, dict) else {}
+    ratios = _numbers(sensitivity.get("ratios"))
+    if ratios is None:
+        return None
+    groups = [(g, curve) for g in sensitivity.get("groups") or [] if isinstance(g, dict)
+              and (curve := _numbers(g.get("metric")))] \
+        if isinstance(sensitivity.get("groups"), list) else []
+    if not groups:
         return None
     baseline = sensitivity.get("baseline")
-    values = [float(v) for g in groups for v in g["metric"]]
-    values += [float(baseline)] if isinstance(baseline, (int, float)) else []
+    if isinstance(baseline, bool) or not isinstance(baseline, (int, float)) \
+            or not math.isfinite(baseline):
+        baseline = None
+    values = [v for _, curve in groups for v in curve]
+    values += [float(baseline)] if baseline is not None else []
     low, high = min(values), max(values)
     if high - low < 1e-9:
         low, high = low - 0.5, high + 0.5
@@ -128,13 +148,15 @@ def sensitivity_chart(sensitivity: dict[str, Any], metric: str = "metric", width
 
     chart.x_ticks = [(x(r), f"{r:g}") for r in ratios]
     chart.y_ticks = [(y(v), f"{v:.3g}") for v in _ticks(low, high)]
-    if isinstance(baseline, (int, float)):
+    if baseline is not None:
         chart.baseline_y = y(float(baseline))
-    plan = sensitivity.get("plan") or {}
-    for index, group in enumerate(groups):
+    plan = sensitivity.get("plan") if isinstance(sensitivity.get("plan"), dict) else {}
+    for index, (group, curve) in enumerate(groups):
         name = str(group.get("group", ""))
-        pairs = list(zip(ratios, (float(v) for v in group["metric"]), strict=False))
+        pairs = list(zip(ratios, curve, strict=False))
         chosen = plan.get(name)
+        if isinstance(chosen, bool) or not isinstance(chosen, (int, float)):
+            chosen = None
         at = next((p for p in pairs if chosen and abs(p[0] - float(chosen)) < 1e-6), None)
         chart.series.append(Series(
             name=name, label=short(name, 28), colour=f"s{index % PALETTE}",

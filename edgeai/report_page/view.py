@@ -1,8 +1,11 @@
 """What the report page shows, read from a transaction row and its typed report.
 
-The report is :class:`edgeai.pruning.report.JobReport` as stored (``to_dict``); fields a
-job did not fill (no dataset, ``measure=false``, an older report) are left off the page
-rather than shown empty. Values are formatted here; the template only lays them out.
+The report is :class:`edgeai.pruning.report.JobReport` as stored (``to_dict``), checked
+again as it is read (:func:`edgeai.pruning.report.stored_report`): a stored report that
+is not a valid one is withheld, with the reason, and never reaches the template. Fields
+a job did not fill (no dataset, ``measure=false``, an older report) are left off the page
+rather than shown empty. Values are formatted here, the free-form ones (a target, an
+analysis) into plain text; the template only lays them out.
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgeai.db import Transaction
+from edgeai.pruning.report import stored_report
 from edgeai.report_page.charts import LayerChart, SensitivityChart, layer_chart, sensitivity_chart
 
 STAGES = (("before", "original"), ("after_prune", "pruned"),
@@ -86,12 +90,70 @@ class Download:
     filename: str
 
 
+def scalar(value: Any) -> str:
+    """A value of a free-form field as text: numbers and text as they are, anything
+    else (a list, an object, nothing) as ``–``."""
+    if isinstance(value, bool) or value is None or isinstance(value, (list, dict)):
+        return "–" if not isinstance(value, bool) else str(value).lower()
+    return str(value)
+
+
+@dataclass
+class Analysis:
+    """An analysis's text parts (the sensitivity field is free-form JSON: only what
+    has the expected shape is shown)."""
+
+    target: str = ""
+    plan: list[tuple[str, str]] = field(default_factory=list)
+    plan_result: tuple[str, str] | None = None
+    uniform: tuple[str, str, str] | None = None
+    baseline: str = "–"
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def target_text(target: Any) -> str:
+    """``macs keep 0.5`` (and ``(reached 0.49)`` when the job says so); empty when the
+    target is not an object."""
+    target = _mapping(target)
+    if not target:
+        return ""
+    text = f"{scalar(target.get('metric'))} keep {scalar(target.get('keep'))}"
+    if "reached" in target:
+        text += f" (reached {scalar(target.get('reached'))})"
+    return text
+
+
+def analysis(sensitivity: Any) -> Analysis | None:
+    """The text parts of an analysis's ``sensitivity``; None when there is none."""
+    sensitivity = _mapping(sensitivity)
+    if not sensitivity:
+        return None
+    result, uniform = _mapping(sensitivity.get("plan_result")), _mapping(
+        sensitivity.get("uniform"))
+    return Analysis(
+        target=target_text(sensitivity.get("target")),
+        plan=[(str(group), scalar(ratio))
+              for group, ratio in _mapping(sensitivity.get("plan")).items()],
+        plan_result=(scalar(result.get("cost")), scalar(result.get("metric")))
+        if result and uniform else None,
+        uniform=(scalar(uniform.get("percent")), scalar(uniform.get("cost")),
+                 scalar(uniform.get("metric"))) if result and uniform else None,
+        baseline=scalar(sensitivity.get("baseline")))
+
+
 @dataclass
 class Page:
-    """Everything the template renders."""
+    """Everything the template renders. ``report`` is empty unless the job is done and
+    its report passed the check; ``withheld`` says why a done job's report is not shown."""
 
     row: Transaction
     report: dict[str, Any]
+    withheld: str | None = None
+    target: str = ""
+    analysis: Analysis | None = None
     cards: list[Card] = field(default_factory=list)
     checks: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     stages: list[tuple[str, str]] = field(default_factory=list)
@@ -157,13 +219,16 @@ def downloads(report: dict[str, Any], fallback: str | None) -> list[Download]:
 
 
 def build_page(row: Transaction) -> Page:
-    """The page for ``row``; a job that is not done gets its state and message only."""
-    report = (row.report or {}) if row.state == "done" else {}
-    page = Page(row=row, report=report)
+    """The page for ``row``; a job that is not done gets its state and message only, a
+    done one whose stored report fails the check its downloads and why it is withheld."""
+    report, withheld = stored_report(row.report) if row.state == "done" else (None, None)
+    page = Page(row=row, report=report or {}, withheld=withheld)
     if row.state == "done":
-        page.downloads = downloads(report, row.filename)
+        page.downloads = downloads(page.report, row.filename)
     if not report:
         return page
+    page.target = target_text(report.get("target"))
+    page.analysis = analysis(report.get("sensitivity"))
     page.cards = cards(report)
     verification = report.get("verification") or {}
     page.checks = [(label, verification[key]) for key, label in

@@ -10,7 +10,7 @@
 ``channel``     the one way anything comes back from a job: a framed, bounded pipe
 ``supervisor``  starting children, handing them jobs, taking back what they made
 ``child``       the child's side of the protocol
-``removal``     deleting any tree without recursion or following links
+``removal``     deleting what a job could have shaped, without following it anywhere
 """
 from edgeai.sandbox.limits import Limits, limits_from_settings
 from edgeai.sandbox.supervisor import JobFailed, Sandbox, missing_walls

@@ -426,13 +426,15 @@ class Sandbox:
     would run. ``warm_spares`` keeps a zygote per framework (off: a fresh interpreter
     per job); ``zygotes`` shares a pool of them between sandboxes (tests), else the
     sandbox has its own. ``uids`` is the range of per-job uids (``EDGEAI_SANDBOX_UIDS``).
+    ``quarantine`` is where what cannot be removed is moved aside (the storage's, which
+    every start tries to empty again; by default a folder of the sandbox's own).
     """
 
     def __init__(self, root: Path, limits: Limits, *, warm_spares: bool = True,
                  mode: str = "strict", skip: tuple[str, ...] = (),
                  hidden: tuple[str, ...] = (), extra_read_only: tuple[str, ...] = (),
                  entry: str | None = None, uids: str = DEFAULT_UIDS,
-                 zygotes: ZygotePool | None = None):
+                 zygotes: ZygotePool | None = None, quarantine: Path | None = None):
         if mode not in MODES:
             raise ValueError(f"sandbox mode {mode!r}; allowed: {', '.join(MODES)}")
         self.root = Path(root).resolve()
@@ -446,7 +448,7 @@ class Sandbox:
         self.seats = Seats(parse_uid_range(uids) if "identity" not in self.skip else None,
                            threads=limits.threads)
         self.slots_dir = self.root / "slots"
-        self.trash_dir = self.root / "trash"
+        self.trash_dir = Path(quarantine) if quarantine is not None else self.root / "trash"
         for path in (self.root, self.slots_dir, self.trash_dir):
             path.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o711)

@@ -47,8 +47,12 @@ def check_txid(txid: str) -> str:
 
 
 def check_filename(filename: str) -> str:
-    """Return ``filename``; raises ValueError unless it is a bare, visible file name."""
-    if not filename or Path(filename).name != filename or filename.startswith("."):
+    """Return ``filename``; raises ValueError unless it is a bare, visible file name of at
+    most 255 bytes without control characters (it goes into a path, a key and a
+    Content-Disposition header)."""
+    if not filename or Path(filename).name != filename or filename.startswith(".") \
+            or any(ord(c) < 32 or 127 <= ord(c) < 160 for c in filename) \
+            or len(filename.encode("utf-8", "surrogateescape")) > 255:
         raise ValueError(f"not a bare file name: {filename!r}")
     return filename
 
@@ -130,6 +134,13 @@ class FileStore(ABC):
     @abstractmethod
     def remove_transaction(self, txid: str) -> None:
         """Delete everything stored for ``txid`` (a submission that never got queued)."""
+
+    @abstractmethod
+    def remove_leftovers(self) -> list[str]:
+        """Delete what dead processes sharing this host's data dir left there (a run's
+        staging folder and its fetched inputs, an upload being received), never what a
+        live process uses; called when a server or worker starts. Returns what was
+        removed; never raises for what the folders hold."""
 
 
 _ALPHABET = string.ascii_lowercase + string.digits + "_"

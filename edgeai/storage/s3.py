@@ -248,3 +248,8 @@ class S3Storage(FileStore):
     def remove_transaction(self, txid: str) -> None:
         self._delete(self._keys(self._key(txid) + "/"))
         self.local.remove_transaction(txid)
+
+    def remove_leftovers(self) -> list[str]:
+        """The local scratch only (runs' folders with the inputs they fetched, uploads
+        being received): the bucket's objects belong to rows, which expire as usual."""
+        return self.local.remove_leftovers()
