@@ -209,7 +209,11 @@ class ChannelReader:
         if self.received.file_bytes + size > self.max_file_bytes:
             raise ChannelError(f"sent files of more than {self.max_file_bytes >> 20} MB, "
                                "the job's disk (EDGEAI_JOB_DISK_MB)")
+        # The server's name: its stem and the suffix; a second file with the same suffix
+        # (two formats the child wrote as .pt) gets the key in its name too.
         name = self.stem + suffix
+        if name in self.received.files.values():
+            name = f"{self.stem}-{key}{suffix}"
         out = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                       0o600, dir_fd=self.staging_fd)
         try:

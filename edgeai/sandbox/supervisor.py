@@ -775,7 +775,7 @@ class Sandbox:
         try:
             report = check_report(result.get("report"))
         except ReportRejected as error:
-            raise JobFailed(f"Pruning failed: the job's report was refused: {error}.") from None
+            raise JobFailed(f"The job's report was refused: {error}") from None
         files = received.files
         if "model" not in files:
             raise JobFailed("The pruning process did not produce its model file.")
