@@ -15,13 +15,18 @@ it, so that a trick which lets the import go on gets an ordinary pruning job.
 """
 from __future__ import annotations
 
+import json
 import pickle
+import re
 import textwrap
 from pathlib import Path
 
 import requests
 
 PT_QUERY = {"percent": "0.5", "input_size": "1,28,28", "model_name": "Net", "measure": "false"}
+# Control characters (C0 but newline and tab, DEL, C1) in text a client gets back.
+CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+RAW_CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\xc2[\x80-\x9f]")
 
 # The job's side, run before each trick: frames written by hand on descriptor 3, and
 # ways to end (a result of its own, or the pipeline's, with evidence attached).
@@ -192,3 +197,38 @@ def submit(server, headers: dict, source: str, weights: Path, folder: Path,
                    "class_def": ("model.py", class_handle)}, timeout=60)
     assert response.status_code == 200, response.text
     return response.json()["txid"]
+
+
+def create_keys(database_url: str, *names: str) -> list[dict]:
+    """Keys made as ``edgeai keys create`` makes them, in this process (a CLI start
+    costs seconds); returned as the headers a client sends."""
+    from edgeai.auth import create_key
+    from edgeai.db import Database
+
+    database = Database(database_url)
+    try:
+        keys = [create_key(database, name) for name in names]
+    finally:
+        database.dispose()
+    return [{"X-IBM-Client-Id": key.client_id, "X-IBM-Client-Secret": key.client_secret}
+            for key in keys]
+
+
+def strict_json(text: str):
+    """``text`` parsed as JSON proper: NaN and Infinity are not JSON."""
+    def refuse(constant):
+        raise AssertionError(f"{constant} in a JSON response")
+    return json.loads(text, parse_constant=refuse)
+
+
+def assert_no_control(value, where: str) -> None:
+    """No string anywhere in ``value`` holds a control character (newline, tab aside)."""
+    if isinstance(value, str):
+        assert not CONTROL.search(value), f"control characters in {where}: {value[:200]!r}"
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            assert_no_control(key, where)
+            assert_no_control(item, where)
+    elif isinstance(value, list):
+        for item in value:
+            assert_no_control(item, where)

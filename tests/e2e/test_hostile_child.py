@@ -43,7 +43,16 @@ import requests
 
 from edgeai.pruning.progress import PHASES
 from tests.e2e.guide import write_guide_pytorch_files
-from tests.e2e.hostile_child import PT_QUERY, class_file, submit, trick_source
+from tests.e2e.hostile_child import (
+    PT_QUERY,
+    RAW_CONTROL,
+    assert_no_control,
+    class_file,
+    create_keys,
+    strict_json,
+    submit,
+    trick_source,
+)
 from tests.e2e.server import BIN, LiveServer
 
 pytestmark = [pytest.mark.e2e,
@@ -53,9 +62,6 @@ pytestmark = [pytest.mark.e2e,
 JOB_MEMORY_MB = 1024
 WAIT_SECONDS = 120
 SEAT_UIDS = range(64000, 64064)
-# Control characters (C0 but newline and tab, DEL, C1) in text a client gets back.
-CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-RAW_CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\xc2[\x80-\x9f]")
 
 
 # -- what must never move, change or come back ----------------------------------------
@@ -226,26 +232,6 @@ class World:
                             headers=self.headers_of(txid), timeout=60)
 
 
-def strict_json(text: str):
-    """``text`` parsed as JSON proper: NaN and Infinity are not JSON."""
-    def refuse(constant):
-        raise AssertionError(f"{constant} in a JSON response")
-    return json.loads(text, parse_constant=refuse)
-
-
-def assert_no_control(value, where: str) -> None:
-    """No string anywhere in ``value`` holds a control character (newline, tab aside)."""
-    if isinstance(value, str):
-        assert not CONTROL.search(value), f"control characters in {where}: {value[:200]!r}"
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            assert_no_control(key, where)
-            assert_no_control(item, where)
-    elif isinstance(value, list):
-        for item in value:
-            assert_no_control(item, where)
-
-
 def everything_returned_by_victim(server: LiveServer, txid: str, headers: dict) -> bytes:
     """The victim's status (without the signed link, new on each call) and downloads."""
     status = requests.get(f"{server.url}/api/status", params={"txid": txid}, headers=headers,
@@ -257,21 +243,6 @@ def everything_returned_by_victim(server: LiveServer, txid: str, headers: dict) 
                                  params={"txid": txid, "format": fmt}, headers=headers,
                                  timeout=60).content
     return returned
-
-
-def create_keys(data: Path, *names: str) -> list[dict]:
-    """Keys made as ``edgeai keys create`` makes them, in this process (a CLI start
-    costs seconds); returned as the headers a client sends."""
-    from edgeai.auth import create_key
-    from edgeai.db import Database
-
-    database = Database(f"sqlite:///{data / 'edgeai.sqlite3'}")
-    try:
-        keys = [create_key(database, name) for name in names]
-    finally:
-        database.dispose()
-    return [{"X-IBM-Client-Id": key.client_id, "X-IBM-Client-Secret": key.client_secret}
-            for key in keys]
 
 
 def own_weights(weights: Path, path: Path) -> Path:
@@ -300,8 +271,8 @@ def world(tmp_path_factory) -> Iterator[World]:
         starting.result()
     try:
         (data / "planted-secret.txt").write_text(f"planted-{uuid.uuid4().hex}")
-        victim, *attackers = create_keys(data, "victim", "attacker-1", "attacker-2",
-                                         "attacker-3")
+        victim, *attackers = create_keys(f"sqlite:///{data / 'edgeai.sqlite3'}", "victim",
+                                         "attacker-1", "attacker-2", "attacker-3")
         with open(victims_weights, "rb") as weights, open(guide["class_def"], "rb") as net:
             response = requests.post(f"{server.url}/api/pt_prune", params=PT_QUERY,
                                      headers=victim, timeout=60,
