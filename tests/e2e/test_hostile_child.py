@@ -1019,6 +1019,47 @@ def test_a_hostile_report_is_refused_or_stored_clean_and_bounded(world, report_j
     assert time.monotonic() - started < 20, "the status or the report page is slow"
 
 
+def server_workers(server: LiveServer) -> list[int]:
+    """The gunicorn workers' pids (the master's children), where the channel is read."""
+    children = Path(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children")
+    return [int(pid) for pid in children.read_text().split()]
+
+
+def peak_rss_mb(pid: int, reset: bool = False) -> float:
+    """The process's peak resident memory (VmHWM), MB; ``reset`` starts a new peak."""
+    if reset:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise LookupError(pid)
+
+
+MANY_SMALL_VALUES = '''
+send_file("model", ".pt", b"model")
+frame(b"J", b'{"type": "result", "ok": true, "message": "LIVE many small values", '
+            b'"report": {"framework": "pytorch", "percent": 0.5, "x": ['
+            + b"[]," * 5_000_000 + b"[]]}}")
+finish()
+'''
+
+
+def test_a_result_of_millions_of_small_values_does_not_swell_the_server(world):
+    """A result message under the 16 MB bound but holding five million empty lists: parsed
+    in the server's own process, and again on each status read if it is stored, it must
+    not cost the server (outside every job's memory limit) hundreds of megabytes."""
+    workers = server_workers(world.server)
+    before = {pid: peak_rss_mb(pid, reset=True) for pid in workers}
+    txid, context = world.submit(MANY_SMALL_VALUES)
+    status = world.wait(txid)
+    for _ in range(3):
+        world.status(txid)
+    grown = {pid: round(peak_rss_mb(pid) - before[pid]) for pid in workers}
+    assert status["status"] == "-1" or status["message"] == "LIVE many small values", status
+    assert max(grown.values()) < 200, f"the server's workers grew by {grown} MB"
+    world.assert_nothing_lost_or_leaked(txid)
+
+
 # -- what clients do with the server's text ---------------------------------------------
 def test_the_cli_prints_a_hostile_failure_without_control_characters(world, tmp_path):
     """``edgeai prune`` against the server, on a job that fails with terminal control
@@ -1134,7 +1175,7 @@ def test_every_trick_is_valid_python():
     """Every trick above is valid Python (a typo would pass as a refused job)."""
     tricks = [PROBE, SWAP_OUT, EXTRA_ARTIFACTS_THEN_FAIL, DEEP_TREE, FILL_DISK, FORKED_MEMORY,
               SOCKET_MEMORY, THREADS_AND_BUSY_CORES, SOME_THREADS, LEFT_BEHIND,
-              PROGRESS_FLOOD, STAGED_THEN_SLEEPS,
+              PROGRESS_FLOOD, STAGED_THEN_SLEEPS, MANY_SMALL_VALUES,
               *(trick for trick, _ in PROTOCOL.values()),
               *(trick for trick, _ in REPORTS.values())]
     for trick in tricks:
