@@ -699,7 +699,7 @@ def test_a_thousand_sleeping_threads_and_busy_cores_leave_another_job_its_thread
     """One job starts as many sleeping threads as its uid may (plus busy threads and
     processes forked from threads); while it holds them, another job starts 64 threads
     and prunes. The first job's every task is on its own uid, pinned to one core, at
-    nice +10; cancelled, it leaves nothing behind."""
+    nice +10; the server answers at once beside it; cancelled, it leaves nothing."""
     hog, context = world.submit(THREADS_AND_BUSY_CORES)
     tag = context["TOKEN"]
     holding = wait_for_progress(world, hog, lambda s: (s.get("progress") or 0) >= 0.09)
@@ -713,6 +713,13 @@ def test_a_thousand_sleeping_threads_and_busy_cores_leave_another_job_its_thread
     server_nice = int(Path(f"/proc/{world.server.proc.pid}/stat").read_text()
                       .rsplit(")", 1)[1].split()[16])
     assert {task.nice for task in tasks} == {min(19, server_nice + 10)}
+    slowest = 0.0
+    for _ in range(5):  # the server still answers at once
+        asked = time.monotonic()
+        assert requests.get(f"{world.server.url}/healthz", timeout=30).ok
+        world.status(world.victim_txid)
+        slowest = max(slowest, time.monotonic() - asked)
+    assert slowest < 2, f"/healthz and a status took {slowest:.1f} s beside the hog"
 
     other, _ = world.submit(SOME_THREADS, headers=world.victim)
     status = world.wait(other)
