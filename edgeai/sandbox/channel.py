@@ -35,6 +35,9 @@ HEADER = struct.Struct(">cQ")
 MAX_MESSAGE_BYTES = 16 << 20
 MAX_PROGRESS_BYTES = 512
 MAX_TOTAL_MESSAGE_BYTES = 64 << 20
+# JSON values one message may make (counted on its bytes before it is parsed: five
+# million empty lists fit in 16 MB and would cost the server hundreds of MB to build).
+MAX_MESSAGE_VALUES = 400_000
 MAX_FILES = 16
 KEY = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 SUFFIX = re.compile(r"[._-][A-Za-z0-9._-]{0,31}")
@@ -175,6 +178,8 @@ class ChannelReader:
             return
         if self.received.result is not None:
             raise ChannelError("kept sending after its result")
+        if body.count(b",") + body.count(b"[") + body.count(b"{") > MAX_MESSAGE_VALUES:
+            raise ChannelError(f"sent a message of more than {MAX_MESSAGE_VALUES} values")
         try:
             message = json.loads(body)
         except (ValueError, RecursionError):

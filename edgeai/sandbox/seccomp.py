@@ -10,8 +10,9 @@ processes, namespaces and mounts, kernel keys, BPF, perf, io_uring (which
 bypasses seccomp), module and clock changes, every socket family but ``AF_UNIX``
 (the job's network is already an empty namespace), and the calls that would take
 more of the host than the job was given: widening its cores or raising its
-priority, memory no process's RSS shows (memfd, System V shared memory), and
-leaving the death signal that ties it to its parent.
+priority, memory no process's RSS shows (memfd, System V shared memory, socket and
+pipe buffers grown past their defaults), and leaving the death signal that ties it
+to its parent.
 """
 from __future__ import annotations
 
@@ -45,6 +46,8 @@ DENIED = (
     "migrate_pages", "move_pages",
 )
 PR_SET_PDEATHSIG = 1
+SO_SNDBUF, SO_RCVBUF, SO_SNDBUFFORCE, SO_RCVBUFFORCE = 7, 8, 32, 33
+F_SETPIPE_SZ = 1031
 # clone() with any of these flags would start a new namespace.
 CLONE_NAMESPACE_FLAGS = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000,
                          0x20000000, 0x40000000, 0x00000080)
@@ -112,6 +115,12 @@ def install() -> dict:
         rule("socketpair", _errno_action(errno.EAFNOSUPPORT), unix_only)
         # The job dies with the process that waits for it: it may not opt out.
         rule("prctl", _errno_action(errno.EPERM), _ArgCmp(0, CMP_EQ, PR_SET_PDEATHSIG, 0))
+        # Kernel memory no RSS shows: socket buffers and pipes keep their default sizes
+        # (the supervisor counts a job's sockets at those sizes).
+        for option in (SO_SNDBUF, SO_RCVBUF, SO_SNDBUFFORCE, SO_RCVBUFFORCE):
+            rule("setsockopt", _errno_action(errno.EPERM),
+                 _ArgCmp(1, CMP_EQ, socket.SOL_SOCKET, 0), _ArgCmp(2, CMP_EQ, option, 0))
+        rule("fcntl", _errno_action(errno.EPERM), _ArgCmp(1, CMP_EQ, F_SETPIPE_SZ, 0))
         for flag in CLONE_NAMESPACE_FLAGS:
             rule("clone", _errno_action(errno.EPERM), _ArgCmp(0, CMP_MASKED_EQ, flag, flag))
         # clone3 passes its flags in memory a filter cannot read: answer ENOSYS so the

@@ -70,6 +70,10 @@ STDERR_TAIL_BYTES = 8192
 # How often a running job's memory, disk and progress are looked at.
 WATCH_SECONDS = 0.2
 PROBE_DISK_MB = 16
+# What one socket of a job may hold in kernel memory, in no process's RSS: its send
+# buffer (a Unix socket's queued data is charged to the sender) and its receive buffer,
+# at the kernel's defaults; seccomp refuses growing either (SO_SNDBUF, SO_RCVBUF).
+SOCKET_BYTES = 2 * 212992
 
 ProgressListener = Callable[[str, "float | None"], None]
 
@@ -219,14 +223,22 @@ class _Slot:
         finally:
             os.close(work)
 
-    def full(self) -> bool:
+    def full(self, unmounted: bool = False) -> bool:
         """Whether the job has used its disk: the image is (almost) all allocated, or
-        the folder holds more than the bound (or more than can be counted)."""
+        the folder holds more than the bound (or more than can be counted). Once the
+        job's mount is gone (``unmounted``), the image's own free count says it too
+        (blocks reserved with ``fallocate`` are never allocated in the image)."""
         used, complete = self.used_bytes()
         if self.image_fd >= 0:
             # What the fresh file system could hold, less a margin for the metadata its
             # files take as they are made: "full" is within 1 % of it.
-            return used >= self.capacity - max(2 << 20, self.capacity // 100)
+            margin = max(2 << 20, self.capacity // 100)
+            if used >= self.capacity - margin:
+                return True
+            try:
+                return unmounted and disk.free_bytes(self.image_fd) <= margin
+            except disk.DiskError:
+                return False
         return used > self.disk_bytes or not complete
 
     def remove(self) -> None:
@@ -356,10 +368,22 @@ class _Child:
         return sorted(pids)
 
     def memory_mb(self, proportional: bool = False) -> float:
-        """What the job holds in memory now (see :func:`memory_mb`)."""
+        """What the job holds in memory now (see :func:`memory_mb`), and what its sockets
+        may hold in the kernel (their count in its network namespace, each at most
+        :data:`SOCKET_BYTES`)."""
         pids = (uid_processes(self.seat.uid) if self.seat.uid is not None
                 else process_tree(self.pid))
-        return memory_mb(pids, proportional)
+        return memory_mb(pids, proportional) + self.sockets() * SOCKET_BYTES / (1 << 20)
+
+    def sockets(self) -> int:
+        """Sockets open in the job's network namespace (the kernel's own count, read
+        through the child's /proc entry, which the job cannot change)."""
+        try:
+            with open(f"/proc/{self.pid}/net/sockstat", "rb") as handle:
+                first = handle.readline().split()
+            return int(first[2]) if first[:2] == [b"sockets:", b"used"] else 0
+        except (OSError, ValueError, IndexError):
+            return 0
 
     def over_memory(self, limit_mb: float) -> bool:
         """Whether the job holds more than ``limit_mb``: the quick count first, and only
@@ -764,14 +788,16 @@ class Sandbox:
                             f"{received.error}.")
         result = received.result
         if result is None:
-            if slot.full():
-                raise JobFailed(self._disk_reason(slot))
-            raise JobFailed(self._death_reason(child, "the pruning process crashed"))
+            crashed = self._death_reason(child, "the pruning process crashed")
+            if slot.full(unmounted=True):
+                raise JobFailed(f"{self._disk_reason(slot)} {crashed}")
+            raise JobFailed(crashed)
         if not result.get("ok"):
-            if slot.full():
-                raise JobFailed(self._disk_reason(slot))
-            raise JobFailed(clean_text(result.get("error") or
-                                       "Pruning failed for an unknown reason.", MAX_ERROR_CHARS))
+            said = clean_text(result.get("error") or "Pruning failed for an unknown reason.",
+                              MAX_ERROR_CHARS)
+            if slot.full(unmounted=True):
+                raise JobFailed(f"{self._disk_reason(slot)} What the job said: {said}")
+            raise JobFailed(said)
         try:
             report = check_report(result.get("report"))
         except ReportRejected as error:

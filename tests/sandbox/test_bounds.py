@@ -218,3 +218,75 @@ def test_every_process_and_thread_of_a_job_stays_on_its_cores(tmp_path, pool):
     assert failure is None
     assert loot["main"] == loot["thread"] == loot["forked"]
     assert len(loot["main"]) == 1  # EDGEAI_JOB_THREADS=1
+
+
+def test_a_disk_reserved_with_fallocate_fails_naming_the_limit(tmp_path, pool):
+    """Blocks reserved with fallocate are never written, so the image's allocated size
+    does not show them; the job still cannot go past its disk, and once it has ended the
+    image's own free count tells the server it filled it."""
+    code = """
+        import os
+        handle = os.open('/job/out/reserved', os.O_CREAT | os.O_WRONLY)
+        try:
+            os.posix_fallocate(handle, 0, MEGABYTES << 20)
+            loot['reserved_mb'] = MEGABYTES
+        except OSError as error:
+            raise SystemExit(f"fallocate: {error!r}")
+    """
+    sandbox = make_sandbox(tmp_path, pool, disk_mb=64)
+    try:
+        loot, failure = run(sandbox, tmp_path, code.replace("MEGABYTES", "40"))
+        assert failure is None and loot == {"reserved_mb": 40}  # control: it fits
+        loot, failure = run(sandbox, tmp_path, code.replace("MEGABYTES", "100"))
+        assert loot is None and failure == (
+            "The job filled its 64 MB disk (EDGEAI_JOB_DISK_MB=64) and was stopped.")
+    finally:
+        sandbox.close()
+
+
+def test_socket_buffers_count_against_memory(tmp_path, pool):
+    """Data queued in Unix sockets is kernel memory in no process's RSS. Growing a
+    socket's buffers is refused, and every socket of the job counts at its largest:
+    six processes holding 240 full socket pairs each go over a 1 GB limit."""
+    attack = """
+        import os, socket, time
+        try:
+            socket.socketpair()[0].setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+            loot['grown'] = 'yes'
+        except OSError as error:
+            loot['grown'] = repr(error)
+        children = []
+        for _ in range(6):
+            pid = os.fork()
+            if pid == 0:
+                pairs = []
+                for _ in range(240):
+                    sender, receiver = socket.socketpair()
+                    sender.setblocking(False)
+                    try:
+                        while True:
+                            sender.send(b"x" * 65536)
+                    except BlockingIOError:
+                        pass
+                    pairs.append((sender, receiver))
+                time.sleep(SECONDS)
+                os._exit(0)
+            children.append(pid)
+        for pid in children:
+            os.waitpid(pid, 0)
+        loot['children'] = len(children)
+    """
+    roomy = make_sandbox(tmp_path / "roomy", pool, memory_mb=8192)
+    try:
+        loot, failure = run(roomy, tmp_path, attack.replace("SECONDS", "2"))
+    finally:
+        roomy.close()
+    assert failure is None and loot["children"] == 6  # control: the payload runs
+    assert loot["grown"].startswith("PermissionError")
+    sandbox = make_sandbox(tmp_path, pool, memory_mb=1024)
+    try:
+        loot, failure = run(sandbox, tmp_path, attack.replace("SECONDS", "30"))
+    finally:
+        sandbox.close()
+    assert loot is None and failure == ("The job used more than the 1024 MB memory limit "
+                                        "(EDGEAI_JOB_MEMORY_MB) and was stopped.")

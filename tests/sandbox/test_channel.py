@@ -134,6 +134,8 @@ HOSTILE = {
                                            "announced file 'model' but sent no data"),
     "a file cut short": (message({"type": "file", "key": "model", "suffix": ".h5"})
                          + FRAME.pack(b"F", 1000) + b"x" * 10, "ended early"),
+    "a message of five million values (16 MB)": (message(b"[" + b"[]," * 4_999_999 + b"[]]"),
+                                                 "a message of more than 400000 values"),
     "a progress report too large": (FRAME.pack(b"P", 10_000) + b"x" * 10_000,
                                     "sent a progress report of 10000 bytes"),
 }

@@ -239,6 +239,17 @@ def test_seccomp_alone_denies_the_calls_that_cross_walls(host):
         attempt("memfd", lambda: os.memfd_create("hidden"))
         attempt("sysv shm", call(libc.shmget, 0, 1 << 20, 0o1600))
         attempt("clear death signal", call(libc.prctl, 1, 0, 0, 0, 0))
+        pair = socket.socketpair()
+        attempt("grow a socket buffer",
+                lambda: pair[0].setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20))
+        attempt("grow a receive buffer",
+                lambda: pair[1].setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20))
+        attempt("other socket options",
+                lambda: pair[0].setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1))
+        import fcntl
+        pipe = os.pipe()
+        attempt("grow a pipe", lambda: fcntl.fcntl(pipe[0], 1031, 1 << 20))
+        attempt("other fcntl", lambda: fcntl.fcntl(pipe[0], fcntl.F_GETFL) * 0 or None)
         attempt("inet socket", lambda: socket.socket(socket.AF_INET).close())
         attempt("inet6 socket", lambda: socket.socket(socket.AF_INET6).close())
         attempt("unix socketpair", lambda: [s.close() for s in socket.socketpair()] and None)
@@ -249,10 +260,12 @@ def test_seccomp_alone_denies_the_calls_that_cross_walls(host):
     results = out["results"]
     for name in ("ptrace traceme", "unshare user", "mount", "io_uring_setup", "bpf", "keyctl",
                  "widen cores", "raise priority", "lower priority", "memfd", "sysv shm",
-                 "clear death signal"):
+                 "clear death signal", "grow a socket buffer", "grow a receive buffer",
+                 "grow a pipe"):
         assert results[name] == "denied:EPERM", (name, results[name])
     assert results["inet socket"] == results["inet6 socket"] == "denied:EAFNOSUPPORT"
     assert results["unix socketpair"] == "ok" and results["thread"] == "ok"
+    assert results["other socket options"] == results["other fcntl"] == "ok"
 
 
 @needs_root
