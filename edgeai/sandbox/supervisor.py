@@ -26,6 +26,7 @@ seccomp), its processes and threads (``RLIMIT_NPROC`` of its own uid), its cores
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -44,7 +45,7 @@ from typing import Any
 from edgeai.pruning import PruneJob, PruneResult
 from edgeai.pruning.report import ReportRejected, check_report, clean_text
 from edgeai.sandbox import disk
-from edgeai.sandbox.channel import ChannelReader
+from edgeai.sandbox.channel import KEY, ChannelReader
 from edgeai.sandbox.limits import Limits
 from edgeai.sandbox.removal import remove_tree
 from edgeai.sandbox.seats import DEFAULT_UIDS, NoSeat, Seat, Seats, kill_uid, parse_uid_range
@@ -164,6 +165,7 @@ class _Slot:
         self.image_fd = -1
         self.inputs_fd = -1
         self.capacity = disk_mb << 20
+        self.held_back = 0
         self.job: dict[str, str] = {}
         os.mkdir(self.name, 0o711, dir_fd=sandbox.slots_fd)
         self.fd = os.open(self.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
@@ -173,6 +175,8 @@ class _Slot:
             if disk_mode == "image":
                 self.image_fd = disk.make_image(self.fd, "disk.img", disk_mb, seat.uid, seat.gid)
                 self.capacity = disk.capacity_bytes(self.image_fd)
+                # ext4 counts as free the blocks it holds back from writers.
+                self.held_back = disk.free_bytes(self.image_fd) - self.capacity
                 self.job = {"image": str(self.path / "disk.img")}
             else:
                 os.mkdir("work", 0o700, dir_fd=self.fd)
@@ -236,7 +240,7 @@ class _Slot:
             if used >= self.capacity - margin:
                 return True
             try:
-                return unmounted and disk.free_bytes(self.image_fd) <= margin
+                return unmounted and disk.free_bytes(self.image_fd) <= self.held_back + margin
             except disk.DiskError:
                 return False
         return used > self.disk_bytes or not complete
@@ -798,29 +802,24 @@ class Sandbox:
             if slot.full(unmounted=True):
                 raise JobFailed(f"{self._disk_reason(slot)} What the job said: {said}")
             raise JobFailed(said)
-        try:
-            report = check_report(result.get("report"))
-        except ReportRejected as error:
-            raise JobFailed(f"The job's report was refused: {error}") from None
         files = received.files
         if "model" not in files:
             raise JobFailed("The pruning process did not produce its model file.")
-        # The report names each format's file as the child knew it; a file is sent once
-        # however many formats share it (a plan is both "model" and "plan"), so keys are
-        # matched through those names, which are only compared, never used as paths.
-        listed = report.get("artifacts") or {}
-        by_child_name = {listed.get(key): name for key, name in files.items()
-                         if isinstance(listed.get(key), str)}
-        artifacts = {key: files.get(key) or by_child_name.get(value)
-                     for key, value in listed.items()}
-        artifacts["model"] = files["model"]
+        raw = result.get("report")
+        if isinstance(raw, dict):
+            raw = {**raw, "artifacts": self._artifacts(raw.get("artifacts"), files)}
+        try:
+            # The report is data: typed and bounded, with the server's own names for the
+            # files (and its own account of the sandbox, set below), or the job fails.
+            report = check_report({**raw, "sandbox": None} if isinstance(raw, dict) else raw)
+        except ReportRejected as error:
+            raise JobFailed(f"The job's report was refused: {error}") from None
         for name in files.values():  # what the report does not list is not kept
-            if name not in artifacts.values():
+            if name not in report["artifacts"].values():
                 try:
                     os.unlink(name, dir_fd=staging_fd)
                 except OSError:
                     pass
-        report["artifacts"] = artifacts
         report["sandbox"] = {**child.confinement, **_stats(result.get("stats")),
                              "bounds": self.bounds(), "disk_mb": slot.disk_mb,
                              "start_ms": round((child.reader.ready_at - child.started) * 1000, 1)
@@ -828,6 +827,23 @@ class Sandbox:
         return PruneResult(artifact=files["model"],
                            message=clean_text(result.get("message") or "", MAX_MESSAGE_CHARS),
                            report=report)
+
+    @staticmethod
+    def _artifacts(listed: Any, files: dict[str, str]) -> dict[str, str | None]:
+        """The report's formats with the server's names of their files: the child names
+        each format's file as it knew it, and sends a file once however many formats
+        share it (a plan is both "model" and "plan"), so formats are matched to files
+        through those names — compared, never used as paths. A format whose file never
+        came has none; keys the channel would refuse are dropped."""
+        listed = dict(itertools.islice(listed.items(), 64)) if isinstance(listed, dict) else {}
+        by_child_name = {listed.get(key): name for key, name in files.items()
+                         if isinstance(listed.get(key), str)}
+        artifacts: dict[str, str | None] = {
+            key: files.get(key) or (by_child_name.get(value) if isinstance(value, str)
+                                    else None)
+            for key, value in listed.items() if isinstance(key, str) and KEY.fullmatch(key)}
+        artifacts["model"] = files["model"]
+        return artifacts
 
     def _death_reason(self, child: _Child, what: str) -> str:
         code = child.returncode()
