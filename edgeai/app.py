@@ -7,7 +7,7 @@ from typing import Any
 
 from flask import Flask, Request
 
-from edgeai import api, db, report_page
+from edgeai import api, db, metrics, report_page
 from edgeai.auth import Authenticator
 from edgeai.config import load_settings
 from edgeai.runner import JobRunner
@@ -55,6 +55,7 @@ def build_app(overrides: dict[str, Any] | None = None) -> Flask:
     if settings.auth == "off":
         log.warning("EDGEAI_AUTH=off: every request is served as one anonymous client. "
                     "Use this for local trials only.")
+    metrics.init_app(app, settings)
     api.init_app(app)
     report_page.init_app(app)
     log.info("files: %s; jobs: %s", storage.describe(),

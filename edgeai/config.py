@@ -20,6 +20,7 @@ class ConfigError(ValueError):
 AUTH_MODES = ("on", "off", "gateway")
 S3_DOWNLOADS = ("stream", "redirect")
 SANDBOX_MODES = ("strict", "weak")
+METRICS_MODES = ("local", "public", "off")
 SANDBOX_LAYERS = ("view", "pid", "network", "identity", "landlock", "seccomp")
 
 
@@ -162,6 +163,7 @@ class Settings:
     public_url: str = ""
     report_link_hours: float = 168.0
     report_secret: str = field(default="", repr=False)
+    metrics: str = "local"
 
     @property
     def max_upload_bytes(self) -> int:
@@ -230,5 +232,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         public_url=_public_url(env),
         report_link_hours=_float(env, "EDGEAI_REPORT_LINK_HOURS", 168.0, 0.0001),
         report_secret=env.get("EDGEAI_REPORT_SECRET", "").strip(),
+        metrics=_choice(env, "EDGEAI_METRICS", "local", METRICS_MODES),
     )
     return settings.resolved()

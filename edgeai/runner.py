@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgeai import metrics
 from edgeai.config import Settings
 from edgeai.db import Database, Transaction
 from edgeai.pruning import FRAMEWORKS, get_engine, spec_for
@@ -73,6 +74,7 @@ class _Lease:
     token: str
     cancel: threading.Event = field(default_factory=threading.Event)
     cancelled_by_client: bool = False
+    claimed_at: float = field(default_factory=time.monotonic)
 
 
 class _ProgressWriter:
@@ -130,6 +132,7 @@ class JobRunner:
         self.sandbox.probe()
         self.sandbox.prepare(FRAMEWORKS)
         register_worker(self.database, self.claimer, self.role, self.settings.worker_threads)
+        metrics.watch_sandbox(self.sandbox)
         for target, name in ((self._dispatch_loop, "edgeai-dispatch"),
                              (self._heartbeat_loop, "edgeai-heartbeat")):
             thread = threading.Thread(target=target, name=name, daemon=True)
@@ -253,6 +256,7 @@ class JobRunner:
     # -- one job -----------------------------------------------------------
     def _run(self, row: Transaction, lease: _Lease) -> None:
         txid = row.txid
+        metrics.job_started(row.framework)
         try:
             values = self._execute(row, lease)
         except JobFailed as error:
@@ -263,6 +267,7 @@ class JobRunner:
                       "message": f"Internal error while pruning: {type(error).__name__}: {error}"}
         if lease.cancelled_by_client and values.get("state") != "done":  # done: too late
             values = {"state": "failed", "message": CANCELLED}
+        metrics.job_ended(row.framework, values, lease.claimed_at, self._stop.is_set())
         try:
             if self._stop.is_set() and values.get("state") != "done":
                 release(self.database, [lease.token])
