@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import atexit
 import logging
+import threading
 from typing import Any
 
 from flask import Flask, Request
 
 from edgeai import api, db, metrics, report_page
+from edgeai.api.waiting import StatusWaits
 from edgeai.auth import Authenticator
 from edgeai.config import load_settings
 from edgeai.runner import JobRunner
@@ -55,6 +57,9 @@ def build_app(overrides: dict[str, Any] | None = None) -> Flask:
     if settings.auth == "off":
         log.warning("EDGEAI_AUTH=off: every request is served as one anonymous client. "
                     "Use this for local trials only.")
+    # Set when this process stops: waiting status calls answer at once.
+    app.extensions["edgeai.stopping"] = stopping = threading.Event()
+    app.extensions["edgeai.waits"] = StatusWaits(settings.status_waits, stopping)
     metrics.init_app(app, settings)
     api.init_app(app)
     report_page.init_app(app)

@@ -124,6 +124,7 @@ class JobRunner:
         self._draining = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self.ended = threading.Condition()  # notified after a job's final write (long-polls)
 
     # -- lifecycle ---------------------------------------------------------
     def start(self) -> None:
@@ -284,6 +285,8 @@ class JobRunner:
             with self._held_lock:
                 self._held.pop(lease.token, None)
             self._wake.set()
+            with self.ended:
+                self.ended.notify_all()
 
     def _execute(self, row: Transaction, lease: _Lease) -> dict[str, Any]:
         staging = self.storage.work_dir(row.txid, lease.token)
