@@ -177,9 +177,9 @@ class JobRunner:
             held = list(self._held.values())
         for lease in held:
             lease.cancel.set()
-        self.sandbox.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
         release(self.database, [lease.token for lease in held])
+        self.sandbox.close()  # after the hand-back: stopping zygotes takes seconds
         try:
             deregister_worker(self.database, self.claimer)
         except Exception:  # the database may be what is going away
