@@ -371,7 +371,7 @@ def scrape_registry(database: Database | None) -> Any:
     from prometheus_client import CollectorRegistry
 
     metrics = _get()
-    registry = CollectorRegistry(auto_describe=True)
+    registry = CollectorRegistry(auto_describe=False)  # describing would collect twice
     if metrics.folder is not None:
         from prometheus_client import multiprocess
 
