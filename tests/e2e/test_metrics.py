@@ -183,7 +183,8 @@ def test_long_polls_see_the_end_at_once_and_beyond_the_cap_still_answer(scenario
     # Two processes hold at most two waiting calls each; the rest answered at once.
     held = [seconds for _, _, seconds in polls if seconds >= 3.5]
     assert len(held) <= 4 and scenario["refused"] >= 4, (polls, scenario["refused"])
-    assert all(seconds < 6 for _, _, seconds in polls), polls
-    assert scenario["plain"]["status"] == "2" and scenario["plain_seconds"] < 1.0
+    assert all(seconds < 10 for _, _, seconds in polls), polls  # answered, loaded or not
+    # A plain call made while they wait is not queued behind them (they hold 4 s).
+    assert scenario["plain"]["status"] == "2" and scenario["plain_seconds"] < 2.5
     message, seconds = scenario["cancel"]
     assert message == "cancelled by the client" and seconds < 30, scenario["cancel"]
