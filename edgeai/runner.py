@@ -72,9 +72,9 @@ class _Lease:
 
     txid: str
     token: str
+    claimed_at: float = field(default_factory=time.monotonic)
     cancel: threading.Event = field(default_factory=threading.Event)
     cancelled_by_client: bool = False
-    claimed_at: float = field(default_factory=time.monotonic)
 
 
 class _ProgressWriter:
