@@ -271,6 +271,7 @@ class Job:
         """
         params: dict[str, Any] = {"txid": self.txid}
         if wait > 0 and self.client.long_polls:
+            wait = min(wait, 30.0)  # the server's bound
             params["wait"] = f"{wait:g}"
         try:
             response = self.client.request("GET", "status", params=params,
