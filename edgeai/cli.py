@@ -8,8 +8,8 @@ database maintenance.
     edgeai serve [--host H] [--port P] [--workers N] [--api-only]
                                 the API on gunicorn; jobs run in its processes unless
                                 --api-only (or EDGEAI_RUN_JOBS=off)
-    edgeai worker [--concurrency N] [--grace S]
-                                claim and run jobs, no HTTP; for hosts that share the
+    edgeai worker [--concurrency N] [--grace S] [--metrics-port P]
+                                claim and run jobs, no API; for hosts that share the
                                 database (PostgreSQL) and the store (S3) with the API
     edgeai workers              list the workers alive now (JSON)
     edgeai keys create NAME     print {"client_id": ..., "client_secret": ...} (only time shown)
@@ -54,6 +54,10 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--grace", type=float, default=None,
                         help="seconds running jobs get to finish on SIGTERM before they are "
                              "handed back (default EDGEAI_WORKER_GRACE_SECONDS)")
+    worker.add_argument("--metrics-port", type=int, default=None,
+                        help="serve Prometheus metrics on this port (GET /metrics)")
+    worker.add_argument("--metrics-host", default="127.0.0.1",
+                        help="address the metrics listen on (default 127.0.0.1)")
     groups.add_parser("workers", help="list the workers alive now")
     keys = groups.add_parser("keys", help="manage API keys").add_subparsers(dest="action",
                                                                            required=True)
@@ -101,6 +105,16 @@ def worker(settings: Settings, database, args: argparse.Namespace) -> int:
     except StorageError as error:
         print(f"edgeai: {error}", file=sys.stderr)
         return 2
+    from edgeai import metrics
+
+    metrics.configure(settings.data_dir)
+    if args.metrics_port is not None:
+        try:
+            metrics.serve(args.metrics_port, args.metrics_host, database)
+        except OSError as error:
+            print(f"edgeai: metrics on {args.metrics_host}:{args.metrics_port}: "
+                  f"{error.strerror}", file=sys.stderr)
+            return 2
     return run_worker(settings, database, storage, grace)
 
 

@@ -39,6 +39,9 @@ TORCH_FILES = ("weights", "class_def")
 MODEL_CALLS = {".pt2": "pt_prune", ".onnx": "onnx_prune"}
 OPTIONAL_FILES = ("dataset", "plan")
 CHUNK_BYTES = 1 << 20
+# How long a status call asks the server to hold it while the job runs (the server's
+# maximum is 30 s); with a progress display, the poll interval instead.
+LONG_POLL_SECONDS = 25.0
 
 ProgressCallback = Callable[[dict[str, Any]], None]
 
@@ -248,14 +251,17 @@ class Client:
         if secret:
             self.session.headers[CLIENT_SECRET_HEADER] = secret
         self.session.headers["Accept"] = "application/json"
+        # Whether status calls may ask the server to wait (False once it refused ``wait``).
+        self.long_polls = True
 
     def request(self, method: str, call: str, *, stream: bool = False,
                 **kwargs: Any) -> requests.Response:
         """Make one API call (``call`` is e.g. ``"status"``); return the answer when it is
         2xx. Raises AuthError, ServerUnreachable or ClientError with the server's message."""
+        kwargs.setdefault("timeout", self.timeout)
         try:
             response = self.session.request(method, f"{self.url}/api/{call}", stream=stream,
-                                            timeout=self.timeout, **kwargs)
+                                            **kwargs)
         except (requests.ConnectionError, requests.Timeout) as error:
             raise ServerUnreachable(f"No answer from the edgeai server at {self.url}: "
                                     f"{type(error).__name__}.") from error
@@ -332,11 +338,28 @@ class Job:
     def __repr__(self) -> str:
         return f"Job(txid={self.txid!r}, state={job_state(self.last_status)!r})"
 
-    def status(self) -> dict[str, Any]:
-        """The server's status body now (``status``, ``state``, ``message``, ``report``
-        when done, and ``phase``/``progress`` where the server reports them)."""
-        self.last_status = self.client.request("GET", "status",
-                                               params={"txid": self.txid}).json()
+    def status(self, wait: float = 0.0) -> dict[str, Any]:
+        """The server's status body (``status``, ``state``, ``message``, ``report``
+        when done, and ``phase``/``progress`` where the server reports them).
+
+        ``wait`` > 0 asks the server to answer as soon as the job ends, or after
+        ``wait`` seconds (at most 30) while it is queued or running; a server that does
+        not know ``wait`` (an older one) is asked again without it.
+        """
+        params: dict[str, Any] = {"txid": self.txid}
+        if wait > 0 and self.client.long_polls:
+            wait = min(wait, 30.0)  # the server's bound
+            params["wait"] = f"{wait:g}"
+        try:
+            response = self.client.request("GET", "status", params=params,
+                                           timeout=self.client.timeout + float(wait))
+        except ClientError as error:
+            if "wait" not in params or error.status_code != 400 \
+                    or "unknown parameter 'wait'" not in error.message:
+                raise
+            self.client.long_polls = False
+            response = self.client.request("GET", "status", params={"txid": self.txid})
+        self.last_status = response.json()
         return self.last_status
 
     @property
@@ -350,34 +373,44 @@ class Job:
         status = self.last_status if job_state(self.last_status) == "done" else self.status()
         return status.get("report")
 
-    def updates(self, poll: float = 1.0, timeout: float | None = None
-                ) -> Iterator[dict[str, Any]]:
+    def updates(self, poll: float = 1.0, timeout: float | None = None,
+                hold: float | None = None) -> Iterator[dict[str, Any]]:
         """Yield each status until the job ends (the last one yielded is terminal).
 
-        Raises TimeoutError after ``timeout`` seconds, or ClientError from a call.
+        Each status call asks the server to hold it up to ``hold`` seconds (default
+        ``poll``) and answer as soon as the job ends, so the end is seen at once; a
+        status at least every ``poll`` seconds otherwise. Raises TimeoutError after
+        ``timeout`` seconds, or ClientError from a call.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
+        hold = poll if hold is None else hold
         while True:
-            status = self.status()
+            asked = time.monotonic()
+            left = hold if deadline is None else min(hold, deadline - asked)
+            status = self.status(wait=max(0.0, left))
             yield status
             if job_state(status) in TERMINAL_STATES:
                 return
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"job {self.txid} still {job_state(status)} after "
                                    f"{timeout} s")
-            time.sleep(poll)
+            # A server that answered before ``poll`` (an older one, or one busy with
+            # other waiting calls) did not hold the call: poll at the usual pace.
+            time.sleep(max(0.0, poll - (time.monotonic() - asked)))
 
     def wait(self, progress: bool | ProgressCallback = False, timeout: float | None = None,
              poll: float = 1.0) -> dict[str, Any]:
-        """Poll until the job ends; return its final status.
+        """Wait until the job ends (status long-polls: its end is seen at once); return
+        its final status.
 
         ``progress=True`` prints a line to stderr when the state, phase or progress
-        changes; a callable gets every status instead. Raises JobFailed with the
-        server's reason if the job failed or expired, TimeoutError after ``timeout``.
+        changes; a callable gets every status instead (about every ``poll`` seconds).
+        Raises JobFailed with the server's reason if the job failed or expired,
+        TimeoutError after ``timeout``.
         """
         report = as_callback(progress)
         status: dict[str, Any] = {}
-        for status in self.updates(poll, timeout):
+        for status in self.updates(poll, timeout, hold=poll if report else LONG_POLL_SECONDS):
             if report:
                 report(status)
         if job_state(status) != "done":

@@ -20,6 +20,7 @@ class ConfigError(ValueError):
 AUTH_MODES = ("on", "off", "gateway")
 S3_DOWNLOADS = ("stream", "redirect")
 SANDBOX_MODES = ("strict", "weak")
+METRICS_MODES = ("local", "public", "off")
 SANDBOX_LAYERS = ("view", "pid", "network", "identity", "landlock", "seccomp")
 
 
@@ -163,6 +164,8 @@ class Settings:
     public_url: str = ""
     report_link_hours: float = 168.0
     report_secret: str = field(default="", repr=False)
+    metrics: str = "local"
+    status_waits: int = 2
 
     @property
     def max_upload_bytes(self) -> int:
@@ -232,5 +235,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         public_url=_public_url(env),
         report_link_hours=_float(env, "EDGEAI_REPORT_LINK_HOURS", 168.0, 0.0001),
         report_secret=env.get("EDGEAI_REPORT_SECRET", "").strip(),
+        metrics=_choice(env, "EDGEAI_METRICS", "local", METRICS_MODES),
+        status_waits=_int(env, "EDGEAI_STATUS_WAITS", 2, 0),
     )
     return settings.resolved()

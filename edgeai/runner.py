@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgeai import metrics
 from edgeai.config import Settings
 from edgeai.db import Database, Transaction
 from edgeai.pruning import FRAMEWORKS, get_engine, spec_for
@@ -79,6 +80,7 @@ class _Lease:
 
     txid: str
     token: str
+    claimed_at: float = field(default_factory=time.monotonic)
     cancel: threading.Event = field(default_factory=threading.Event)
     cancelled_by_client: bool = False
     exited_at: float | None = None  # when the job's process ended (time.monotonic())
@@ -131,6 +133,7 @@ class JobRunner:
         self._draining = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self.ended = threading.Condition()  # notified after a job's final write (long-polls)
 
     # -- lifecycle ---------------------------------------------------------
     def start(self) -> None:
@@ -144,6 +147,7 @@ class JobRunner:
         self.sandbox.probe()
         self.sandbox.prepare(FRAMEWORKS)
         register_worker(self.database, self.claimer, self.role, self.settings.worker_threads)
+        metrics.watch_sandbox(self.sandbox)
         for target, name in ((self._dispatch_loop, "edgeai-dispatch"),
                              (self._heartbeat_loop, "edgeai-heartbeat")):
             thread = threading.Thread(target=target, name=name, daemon=True)
@@ -187,9 +191,9 @@ class JobRunner:
             held = list(self._held.values())
         for lease in held:
             lease.cancel.set()
-        self.sandbox.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
         release(self.database, [lease.token for lease in held])
+        self.sandbox.close()  # after the hand-back: stopping zygotes takes seconds
         try:
             deregister_worker(self.database, self.claimer)
         except Exception:  # the database may be what is going away
@@ -267,6 +271,7 @@ class JobRunner:
     # -- one job -----------------------------------------------------------
     def _run(self, row: Transaction, lease: _Lease) -> None:
         txid = row.txid
+        metrics.job_started(row.framework)
         try:
             values = self._execute(row, lease)
         except JobFailed as error:
@@ -281,6 +286,7 @@ class JobRunner:
             values = {"state": "failed", "message": CANCELLED}
         values["message"] = clean_text(str(values.get("message") or ""), MESSAGE_CHARS
                                        if values.get("state") == "done" else ERROR_CHARS)
+        metrics.job_ended(row.framework, values, lease.claimed_at, self._stop.is_set())
         try:
             if self._stop.is_set() and values.get("state") != "done":
                 release(self.database, [lease.token])
@@ -301,6 +307,8 @@ class JobRunner:
             with self._held_lock:
                 self._held.pop(lease.token, None)
             self._wake.set()
+            with self.ended:
+                self.ended.notify_all()
 
     def _finish(self, txid: str, lease: _Lease, values: dict[str, Any]) -> str:
         """Write the job's end under its lease: "finished", or "lost" when the lease was.

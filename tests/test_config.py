@@ -16,6 +16,7 @@ def test_defaults_need_no_environment():
 @pytest.mark.parametrize("name, value", [
     ("EDGEAI_AUTH", "maybe"), ("EDGEAI_MAX_UPLOAD_MB", "lots"), ("EDGEAI_JOB_TIMEOUT", "0"),
     ("EDGEAI_STALE_SECONDS", "-1"), ("EDGEAI_RUN_JOBS", "sometimes"),
+    ("EDGEAI_METRICS", "everyone"), ("EDGEAI_STATUS_WAITS", "-1"),
 ])
 def test_bad_values_name_the_variable(name, value):
     with pytest.raises(ConfigError, match=name):

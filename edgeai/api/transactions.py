@@ -1,5 +1,6 @@
 """``GET /api/status``, ``GET /api/download`` and ``POST /api/cancel``: a transaction's
 state (with the phase and progress its job reports), its artifact, and stopping it.
+Status can wait for the job's end (``wait=S``, :mod:`edgeai.api.waiting`).
 
 A transaction is visible only to the client that created it: anyone else gets
 the same 404 as for a txid that never existed.
@@ -8,13 +9,16 @@ from __future__ import annotations
 
 import uuid
 
-from flask import redirect, request, send_file
+from flask import current_app, redirect, request, send_file
 from flask_restx import Namespace, Resource, fields
 from sqlalchemy import func, select
 
+from edgeai import metrics
 from edgeai.api import context
 from edgeai.api.params import refuse_unknown
+from edgeai.api.prune import Documented
 from edgeai.api.schema import model_for
+from edgeai.api.waiting import MAX_WAIT_SECONDS, WAIT_HELP, parse_wait
 from edgeai.db import Transaction
 from edgeai.errors import BadRequest, Conflict, Gone, NotFound
 from edgeai.pruning import spec_for, specs
@@ -68,6 +72,10 @@ error_model = ns.model("StatusError", {
 txid_parser = ns.parser()
 txid_parser.add_argument("txid", type=str, location="args", required=True,
                          help="The txid returned by tf_prune or pt_prune")
+status_parser = txid_parser.copy()
+status_parser.add_argument("wait", type=Documented({"type": "number", "minimum": 0,
+                                                    "maximum": MAX_WAIT_SECONDS}),
+                           location="args", help=WAIT_HELP)
 download_parser = txid_parser.copy()
 download_parser.add_argument(
     "format", type=str, location="args", default="model",
@@ -111,14 +119,18 @@ def _why_missing(row: Transaction, fmt: str) -> str:
 class Status(Resource):
     """The state of one transaction."""
 
-    @ns.expect(txid_parser)
+    @ns.expect(status_parser)
     @ns.response(404, NOT_FOUND, error_model)
-    @ns.response(400, "txid missing", error_model)
+    @ns.response(400, f"txid missing, or wait not a number from 0 to {MAX_WAIT_SECONDS}",
+                 error_model)
     @ns.response(401, "Missing or invalid API key", error_model)
     @ns.marshal_with(status_model, skip_none=True)
     def get(self):
         """Get a transaction's status; when done, the pruned model's summary and file name."""
-        row = find_transaction(["txid"])
+        row = find_transaction(["txid", "wait"])
+        wait = parse_wait(request.args.get("wait"), row.status)
+        if wait and row.state in ("queued", "running"):
+            row = wait_for_end(row, wait)
         body = {
             "status": row.status, "message": row.message, "txid": row.txid, "state": row.state,
             "framework": row.framework, "attempts": row.attempts, "created_at": row.created_at,
@@ -137,6 +149,25 @@ class Status(Resource):
                     select(func.count()).select_from(Transaction).where(
                         Transaction.state == "queued", Transaction.created_at < row.created_at))
         return body
+
+
+def wait_for_end(row: Transaction, seconds: float) -> Transaction:
+    """``row`` read again once its job has ended or ``seconds`` have passed (at once when
+    this process already holds its cap of waiting calls; see :mod:`edgeai.api.waiting`)."""
+    waits = current_app.extensions["edgeai.waits"]
+    with waits.slot() as granted:
+        if not granted:
+            metrics.wait_refused()
+            return row
+        runner = current_app.extensions.get("edgeai.runner")
+        waits.until_ended(context.database(), row.txid, seconds,
+                          getattr(runner, "ended", None))
+    with context.database().session() as session:
+        fresh = session.get(Transaction, row.txid)
+        if fresh is None:  # deleted meanwhile: what was read is all there is
+            return row
+        session.expunge(fresh)
+        return fresh
 
 
 @ns.route("download")

@@ -1,6 +1,7 @@
 """Load and crash behaviour on a real gunicorn: nothing lost, nothing stuck, no 5xx."""
 from __future__ import annotations
 
+import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -8,6 +9,7 @@ import pytest
 import requests
 
 from tests.e2e.guide import write_guide_pytorch_files
+from tests.e2e.hostile_files import hostile_class_files
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -83,21 +85,42 @@ def test_sigkill_mid_run_loses_nothing(live_server, tmp_path):
     assert sum(b["status"] == "0" for b in finals.values()) == len(txids)
 
 
-def test_graceful_restart_requeues_running_jobs_without_spending_an_attempt(live_server,
-                                                                             tmp_path):
+def test_graceful_restart_hands_running_jobs_back_at_once(live_server, tmp_path):
+    """SIGTERM hands running jobs back without spending an attempt, however long they
+    would still run and however busy the machine is: one job here would run forever
+    (a class file that loops), and the stop must not wait for it.
+
+    It once waited for the jobs to end and counted on gunicorn's graceful timeout
+    being long enough: on a loaded machine the workers were killed first and their
+    jobs ran again only when their leases expired, an attempt spent (``[2, 2, 1, 1]``).
+    """
     data_dir = tmp_path / "var"
     server = live_server(data_dir, EDGEAI_MAX_JOBS_PER_CLIENT="50")
     headers = server.create_key()
     files = write_guide_pytorch_files(tmp_path / "user")
-    txids = [submit_guide_net(server, headers, files).json()["txid"] for _ in range(4)]
+    loop = hostile_class_files(tmp_path / "canary")["infinite_loop"]
+    with open(files["weights"], "rb") as weights:
+        looping = requests.post(
+            f"{server.url}/api/pt_prune?percent=0.5&input_size=1,28,28&measure=false",
+            headers=headers, files={"weights": ("mnist_cnn.pth", weights),
+                                    "class_def": ("model.py", loop)},
+            timeout=60).json()["txid"]
+    txids = [submit_guide_net(server, headers, files).json()["txid"] for _ in range(3)]
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if any(server.status(t, headers)["status"] == "2" for t in txids):
-            break
+    while server.status(looping, headers)["status"] != "2":
+        assert time.monotonic() < deadline, "the looping job never started"
         time.sleep(0.05)
     server.stop()  # SIGTERM, as a deploy or a service manager does
+    # Read before any restart: the stop itself handed the running jobs back.
+    with sqlite3.connect(data_dir / "edgeai.sqlite3") as db:
+        rows = dict(db.execute("SELECT txid, state || ':' || attempts FROM transactions"))
+    assert rows[looping] == "queued:0", rows
+    assert all(state in ("queued:0", "done:1") for state in rows.values()), rows
 
     restarted = live_server(data_dir)
     finals = [restarted.wait(t, headers, timeout=300) for t in txids]
-    assert [b["status"] for b in finals] == ["0"] * 4, finals
+    assert [b["status"] for b in finals] == ["0"] * 3, finals
     assert all(b["attempts"] == 1 for b in finals), [b["attempts"] for b in finals]
+    requests.post(f"{restarted.url}/api/cancel", params={"txid": looping}, headers=headers,
+                  timeout=30)
+    assert restarted.wait(looping, headers, timeout=60)["message"] == "cancelled by the client"

@@ -1,0 +1,70 @@
+"""``Job.wait()`` against servers that do not hold its status calls: an older edgeai
+that refuses ``wait``, and one that answers at once (at its cap of waiting calls).
+
+The servers are small WSGI apps on a real loopback socket, standing in for those
+servers; the client under test is the real one (the e2e tests run it against the
+real server, which holds the calls).
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+from werkzeug.serving import make_server
+from werkzeug.wrappers import Request, Response
+
+from edgeai.client import Client
+
+TXID = "cf06e766-2d20-11ec-931e-0242ac170002"
+
+
+@pytest.fixture
+def status_server():
+    """Serve ``/api/status`` from a function of the query (and the calls so far);
+    yields (url, calls)."""
+    calls: list[dict] = []
+    answer = {}
+
+    @Request.application
+    def app(request):
+        calls.append(dict(request.args))
+        code, body = answer["fn"](dict(request.args), len(calls))
+        return Response(json.dumps(body), code, content_type="application/json")
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}", calls, answer
+    server.shutdown()
+
+
+def test_an_older_server_that_refuses_wait_is_polled_as_before(status_server):
+    url, calls, answer = status_server
+
+    def older(args, n):
+        if "wait" in args:
+            return 400, {"status": "-1", "message": "unknown parameter 'wait' This call "
+                         "accepts the parameters: txid."}
+        return 200, {"status": "0" if n >= 4 else "2", "message": "ok"}
+
+    answer["fn"] = older
+    client = Client(url, "id", "secret")
+    final = client.job(TXID).wait(poll=0.05, timeout=10)
+    assert final["status"] == "0"
+    assert client.long_polls is False
+    assert [("wait" in c) for c in calls] == [True, False, False, False]
+
+
+def test_a_server_that_answers_at_once_is_not_called_in_a_busy_loop(status_server):
+    url, calls, answer = status_server
+    started = time.monotonic()
+
+    def at_cap(args, n):
+        assert "wait" in args  # asked to wait, answers at once anyway
+        return 200, {"status": "0" if time.monotonic() - started > 1.0 else "2"}
+
+    answer["fn"] = at_cap
+    Client(url, "id", "secret").job(TXID).wait(poll=0.25, timeout=10)
+    assert 4 <= len(calls) <= 8, len(calls)  # about one a poll interval over a second
