@@ -247,20 +247,26 @@ def job_started(framework: str) -> None:
     _get().running.labels(_framework(framework)).inc()
 
 
+_CLASSIFY: Any = object()
+
+
 def job_ended(framework: str, values: Mapping[str, Any], claimed_at: float,
-              stopping: bool) -> None:
+              stopping: bool, reason: str | None = _CLASSIFY) -> None:
     """A job this process ran is over: ``values`` are what the runner writes to its row
     (``state``, ``message``, ``report``), ``claimed_at`` the ``time.monotonic()`` of its
     claim, ``stopping`` whether the server is shutting down (then a job not done is
-    handed back, not failed). Never raises: metrics must not fail a job."""
+    handed back, not failed). ``reason`` is why the sandbox stopped a failed job, in the
+    server's own word (:class:`edgeai.sandbox.JobFailed`'s ``reason``; None: it failed
+    on its own); when not given, it is read from the message (which a job can shape).
+    Never raises: metrics must not fail a job."""
     try:
-        _record_end(_get(), _framework(framework), values, claimed_at, stopping)
+        _record_end(_get(), _framework(framework), values, claimed_at, stopping, reason)
     except Exception:  # metrics must not fail a job
         log.exception("recording metrics of a job")
 
 
 def _record_end(metrics: _Metrics, framework: str, values: Mapping[str, Any],
-                claimed_at: float, stopping: bool) -> None:
+                claimed_at: float, stopping: bool, reason: str | None = _CLASSIFY) -> None:
     metrics.running.labels(framework).dec()
     state = values.get("state")
     if stopping and state != "done":
@@ -270,8 +276,9 @@ def _record_end(metrics: _Metrics, framework: str, values: Mapping[str, Any],
     metrics.jobs.labels(framework, state).inc()
     metrics.duration.labels(framework, state).observe(max(0.0, time.monotonic() - claimed_at))
     if state == "failed":
-        reason = sandbox_failure_reason(str(values.get("message") or ""))
-        if reason:
+        if reason is _CLASSIFY:
+            reason = sandbox_failure_reason(str(values.get("message") or ""))
+        if reason and reason != "stopped":
             metrics.sandbox_failures.labels(reason).inc()
         return
     report = values.get("report") or {}

@@ -272,12 +272,15 @@ class JobRunner:
     def _run(self, row: Transaction, lease: _Lease) -> None:
         txid = row.txid
         metrics.job_started(row.framework)
+        reason: str | None = None  # why the sandbox stopped it, in the server's own word
         try:
             values = self._execute(row, lease)
         except JobFailed as error:
             values = {"state": "failed", "message": str(error)}
+            reason = error.reason
         except ReportRejected as error:
             values = {"state": "failed", "message": f"The job's report was refused: {error}"}
+            reason = "report"
         except Exception as error:  # every job ends in a terminal state
             log.exception("job %s", txid)
             values = {"state": "failed",
@@ -286,7 +289,8 @@ class JobRunner:
             values = {"state": "failed", "message": CANCELLED}
         values["message"] = clean_text(str(values.get("message") or ""), MESSAGE_CHARS
                                        if values.get("state") == "done" else ERROR_CHARS)
-        metrics.job_ended(row.framework, values, lease.claimed_at, self._stop.is_set())
+        metrics.job_ended(row.framework, values, lease.claimed_at, self._stop.is_set(),
+                          reason if values.get("state") == "failed" else None)
         try:
             if self._stop.is_set() and values.get("state") != "done":
                 release(self.database, [lease.token])

@@ -80,7 +80,17 @@ ProgressListener = Callable[[str, "float | None"], None]
 
 
 class JobFailed(Exception):
-    """The job ended without a result; ``str()`` is the reason shown to the user."""
+    """The job ended without a result; ``str()`` is the reason shown to the user.
+
+    ``reason`` is the server's own word for why it stopped the job, set only here, never
+    read from anything the job wrote: ``memory``, ``disk``, ``timeout``, ``protocol``,
+    ``report``, ``no_model``, ``crash``, ``start``, ``refused_code``, ``no_seat``,
+    ``stopped`` (the server or the client stopped it); None when the job failed on its
+    own (its pipeline raised, with its message)."""
+
+    def __init__(self, message: str, reason: str | None = None):
+        super().__init__(message)
+        self.reason = reason
 
 
 def missing_walls(layers: dict[str, Any]) -> list[str]:
@@ -288,7 +298,8 @@ class _Child:
     """One sandbox child: forked by a zygote or started fresh; its pipes and channel."""
 
     def __init__(self, sandbox: Sandbox, framework: str, slot: _Slot, seat: Seat,
-                 staging_fd: int, stem: str, probe: bool = False):
+                 staging_fd: int, stem: str, probe: bool = False,
+                 cancel: threading.Event | None = None):
         self.sandbox = sandbox
         self.seat = seat
         self.framework = framework
@@ -303,7 +314,7 @@ class _Child:
         stdin_r, self.stdin_w = os.pipe2(os.O_CLOEXEC)
         self.stderr_r, stderr_w = os.pipe2(os.O_CLOEXEC)
         try:
-            zygote = None if probe else sandbox.zygote_for(framework)
+            zygote = None if probe else sandbox.zygote_for(framework, cancel)
             if zygote is not None:
                 self.pid, self.pidfd = zygote.fork(settings, (channel_w, stdin_r, stderr_w))
                 self.zygote = zygote
@@ -634,15 +645,20 @@ class Sandbox:
 
     prepare_spares = prepare
 
-    def zygote_for(self, framework: str) -> Zygote | None:
+    def zygote_for(self, framework: str,
+                   cancel: threading.Event | None = None) -> Zygote | None:
         """The framework's zygote, waiting while it starts; None where none can serve (a
-        fresh interpreter is started instead)."""
+        fresh interpreter is started instead). Raises :class:`JobFailed` when ``cancel``
+        is set while it waits."""
         if not self.warm_spares or self._closed:
             return None
         zygote = self.pool.get(framework, self.child_env(), self.entry)
         if zygote is None:
             return None
-        zygote.ready.wait(self.limits.spare_ready_seconds)
+        deadline = time.monotonic() + self.limits.spare_ready_seconds
+        while not zygote.ready.wait(0.1) and time.monotonic() < deadline:
+            if cancel is not None and cancel.is_set():
+                raise JobFailed("The server stopped while this job ran.", "stopped")
         if zygote.usable():
             return zygote
         log.warning("zygote %s cannot fork (%s): starting a fresh interpreter", framework,
@@ -677,12 +693,14 @@ class Sandbox:
             seat = self.seats.acquire()
         except NoSeat as error:
             os.close(staging_fd)
-            raise JobFailed(f"The server is busy: {error}. Submit the job again.") from None
+            raise JobFailed(f"The server is busy: {error}. Submit the job again.",
+                            "no_seat") from None
         slot = child = None
         try:
             slot = _Slot(self, job.inputs, seat, self._disk_mb(job), self.disk_mode)
-            child = _Child(self, job.framework, slot, seat, staging_fd, job.output_stem)
-            self._await_ready(child)
+            child = _Child(self, job.framework, slot, seat, staging_fd, job.output_stem,
+                           cancel=cancel)
+            self._await_ready(child, cancel)
             self._check_walls(child, brings_code)
             child.send_job(self._as_seen(job, child))
             self._wait(child, slot, cancel, progress)
@@ -693,7 +711,8 @@ class Sandbox:
             result.exited_at = exited_at
             return result
         except ZygoteUnavailable as error:
-            raise JobFailed(f"Pruning failed: the pruning process could not start ({error}).") \
+            raise JobFailed(f"Pruning failed: the pruning process could not start ({error}).",
+                            "start") \
                 from None
         finally:
             self._clean_up(child, slot, seat)
@@ -722,16 +741,21 @@ class Sandbox:
                 pass
         return disk.default_size_mb(total)
 
-    def _await_ready(self, child: _Child) -> None:
+    def _await_ready(self, child: _Child, cancel: threading.Event | None = None) -> None:
         started = time.monotonic()
         while not child.reader.ready.wait(0.05):
+            if cancel is not None and cancel.is_set():
+                child.kill()
+                raise JobFailed("The server stopped while this job ran.", "stopped")
             if child.exited(0) or time.monotonic() - started > self.limits.spare_ready_seconds:
                 child.kill()
-                raise JobFailed(self._death_reason(child, "the pruning process did not start"))
+                raise JobFailed(self._death_reason(child, "the pruning process did not start"),
+                                "start")
         if child.reader.received.confinement is None:
             child.kill()
             child.exited(2)
-            raise JobFailed(self._death_reason(child, "the pruning process did not start"))
+            raise JobFailed(self._death_reason(child, "the pruning process did not start"),
+                            "start")
 
     def _check_walls(self, child: _Child, brings_code: str | None) -> None:
         missing = missing_walls(child.confinement.get("layers") or {})
@@ -741,7 +765,7 @@ class Sandbox:
                 f"this server cannot build all of it: nothing provides {', '.join(missing)} "
                 "isolation here. The server's operator can fix the kernel features (see the "
                 "README's sandbox section) or set EDGEAI_SANDBOX=weak. Jobs whose files hold "
-                "no code still run.")
+                "no code still run.", "refused_code")
 
     def _as_seen(self, job: PruneJob, child: _Child) -> PruneJob:
         """The job as the child sees it: its inputs in its ``inputs`` folder, its output
@@ -762,23 +786,23 @@ class Sandbox:
                 news = child.reader.progress()
                 if news is not None:
                     progress(*news)
-            stop = None
+            stop = reason = None
             if child.reader.received.error:
-                stop = f"Pruning failed: the job broke the sandbox's protocol: " \
-                       f"{child.reader.received.error}."
+                stop, reason = (f"Pruning failed: the job broke the sandbox's protocol: "
+                                f"{child.reader.received.error}.", "protocol")
             elif cancel is not None and cancel.is_set():
-                stop = "The server stopped while this job ran."
+                stop, reason = "The server stopped while this job ran.", "stopped"
             elif time.monotonic() > deadline:
-                stop = (f"The job took longer than the {limits.timeout} s limit "
-                        "(EDGEAI_JOB_TIMEOUT) and was stopped.")
+                stop, reason = (f"The job took longer than the {limits.timeout} s limit "
+                                "(EDGEAI_JOB_TIMEOUT) and was stopped.", "timeout")
             elif child.over_memory(limits.memory_mb):
-                stop = (f"The job used more than the {limits.memory_mb} MB memory limit "
-                        "(EDGEAI_JOB_MEMORY_MB) and was stopped.")
+                stop, reason = (f"The job used more than the {limits.memory_mb} MB memory "
+                                "limit (EDGEAI_JOB_MEMORY_MB) and was stopped.", "memory")
             elif slot.full():
-                stop = self._disk_reason(slot)
+                stop, reason = self._disk_reason(slot), "disk"
             if stop:
                 child.kill()
-                raise JobFailed(stop)
+                raise JobFailed(stop, reason)
 
     def _disk_reason(self, slot: _Slot) -> str:
         setting = (f"EDGEAI_JOB_DISK_MB={self.limits.disk_mb}" if self.limits.disk_mb else
@@ -789,22 +813,24 @@ class Sandbox:
         received = child.reader.received
         if received.error:
             raise JobFailed(f"Pruning failed: the job broke the sandbox's protocol: "
-                            f"{received.error}.")
+                            f"{received.error}.", "protocol")
         result = received.result
         if result is None:
             crashed = self._death_reason(child, "the pruning process crashed")
             if slot.full(unmounted=True):
-                raise JobFailed(f"{self._disk_reason(slot)} {crashed}")
-            raise JobFailed(crashed)
+                raise JobFailed(f"{self._disk_reason(slot)} {crashed}", "disk")
+            code = child.returncode()
+            raise JobFailed(crashed, "cpu_time" if code == -signal.SIGXCPU else
+                            "file_size" if code == -signal.SIGXFSZ else "crash")
         if not result.get("ok"):
             said = clean_text(result.get("error") or "Pruning failed for an unknown reason.",
                               MAX_ERROR_CHARS)
             if slot.full(unmounted=True):
-                raise JobFailed(f"{self._disk_reason(slot)} What the job said: {said}")
+                raise JobFailed(f"{self._disk_reason(slot)} What the job said: {said}", "disk")
             raise JobFailed(said)
         files = received.files
         if "model" not in files:
-            raise JobFailed("The pruning process did not produce its model file.")
+            raise JobFailed("The pruning process did not produce its model file.", "no_model")
         raw = result.get("report")
         if isinstance(raw, dict):
             raw = {**raw, "artifacts": self._artifacts(raw.get("artifacts"), files)}
@@ -813,7 +839,7 @@ class Sandbox:
             # files (and its own account of the sandbox, set below), or the job fails.
             report = check_report({**raw, "sandbox": None} if isinstance(raw, dict) else raw)
         except ReportRejected as error:
-            raise JobFailed(f"The job's report was refused: {error}") from None
+            raise JobFailed(f"The job's report was refused: {error}", "report") from None
         for name in files.values():  # what the report does not list is not kept
             if name not in report["artifacts"].values():
                 try:

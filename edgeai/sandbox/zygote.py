@@ -192,8 +192,12 @@ def _reap(sock: socket.socket) -> None:
 
 
 def main() -> int:
-    """``python -m edgeai.sandbox.zygote SETTINGS``: the socket to the server is fd 0."""
-    return serve(json.loads(sys.argv[1]))
+    """``python -m edgeai.sandbox.zygote SETTINGS``: the socket to the server is fd 0.
+    Exits without the interpreter's teardown (seconds with a framework loaded: every
+    stop of a server would wait for it)."""
+    code = serve(json.loads(sys.argv[1]))
+    sys.stderr.flush()
+    os._exit(code)
 
 
 # -- the server's side ----------------------------------------------------------------
