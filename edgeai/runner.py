@@ -289,8 +289,10 @@ class JobRunner:
             values = {"state": "failed", "message": CANCELLED}
         values["message"] = clean_text(str(values.get("message") or ""), MESSAGE_CHARS
                                        if values.get("state") == "done" else ERROR_CHARS)
+        # The sandbox's own reason where it stopped the job; a job that failed on its own
+        # (a limit refused inside it, say) is classified from its message, best effort.
         metrics.job_ended(row.framework, values, lease.claimed_at, self._stop.is_set(),
-                          reason if values.get("state") == "failed" else None)
+                          **({"reason": reason} if reason else {}))
         try:
             if self._stop.is_set() and values.get("state") != "done":
                 release(self.database, [lease.token])
