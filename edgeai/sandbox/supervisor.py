@@ -109,6 +109,23 @@ def bounded(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[:limit] + f" ... [{len(text) - limit} more]"
 
 
+def cgroup_state() -> str:
+    """How this host's cgroups look to the server, and that it leaves them alone: the
+    bounds above hold without them (a job never moves a process between cgroups)."""
+    try:
+        with open("/proc/self/cgroup") as handle:
+            lines = [line.strip() for line in handle if line.strip()]
+    except OSError:
+        return "not used: /proc/self/cgroup cannot be read"
+    if any(not line.startswith("0::") for line in lines):
+        return "not used: a cgroup v1 (or hybrid) host, left alone"
+    path = "/sys/fs/cgroup" + lines[0][3:] if lines else "/sys/fs/cgroup"
+    delegated = os.access(os.path.join(path, "cgroup.subtree_control"), os.W_OK)
+    return ("not used: cgroup v2 " + ("delegated to this process" if delegated
+                                      else "not delegated to this process")
+            + ", left alone (the bounds above hold without it)")
+
+
 # -- the process tree of a job --------------------------------------------------------
 def process_tree(pid: int) -> list[int]:
     """``pid`` and every process below it, whichever of their threads forked them."""
@@ -576,7 +593,7 @@ class Sandbox:
             "cpu": {"threads": limits.threads, "cores": self.seats.cores,
                     "enforced_by": "sched_setaffinity per job (seats on distinct cores where "
                                    "there are enough), nice 10; seccomp refuses changing them"},
-            "cgroups": "not used (see the README: a cgroup v2 delegation is not assumed)",
+            "cgroups": cgroup_state(),
         }
 
     def probe(self, timeout: float = 60) -> dict[str, Any]:
