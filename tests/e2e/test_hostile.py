@@ -490,8 +490,8 @@ def test_hostile_txid_is_refused(server, headers, other_clients_txid, label, rou
 def test_nothing_written_outside_transaction_folders(server, kit):
     """After every case: the data dir holds only the database, the report links' signing
     secret, ``jobs/<uuid>/{inputs,result}``
-    with server-made names, and sandbox/incoming scratch; no hostile name anywhere around it;
-    no canary anywhere."""
+    with server-made names, sandbox/incoming scratch, the metrics files of the server's
+    own workers; no hostile name anywhere around it; no canary anywhere."""
     data = server.data_dir
     input_name = re.compile(r"^(model|weights|class_def|dataset|plan)\.upload$")
     result_name = re.compile(r"^tmp[a-z0-9_]{8}\.[a-z0-9]+$")
@@ -499,6 +499,10 @@ def test_nothing_written_outside_transaction_folders(server, kit):
         parts = path.relative_to(data).parts
         if len(parts) == 1:
             assert parts[0].startswith(("edgeai.sqlite3", ".migrate.lock", "report-secret")), path
+            continue
+        if parts[0] == "metrics":  # prometheus-client's files: gunicorn-<master>/<kind>_<pid>.db
+            assert re.fullmatch(r"gunicorn-\d+-\d+", parts[1]) and \
+                re.fullmatch(r"[a-z_]+_\d+\.db", parts[-1]) and len(parts) == 3, path
             continue
         assert parts[0] in ("jobs", "sandbox", "incoming"), path
         if parts[0] == "jobs":
