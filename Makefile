@@ -22,7 +22,8 @@ $(STAMP): requirements.txt setup.cfg
 
 run: install
 	$(BIN)/edgeai db upgrade
-	$(BIN)/gunicorn --bind $(HOST):$(PORT) --workers $(WORKERS) --worker-class gthread \
+	$(BIN)/gunicorn -c python:edgeai.gunicorn_config \
+		--bind $(HOST):$(PORT) --workers $(WORKERS) --worker-class gthread \
 		--threads 4 --timeout 300 --graceful-timeout 30 --no-control-socket wsgi:app
 
 # A worker for a split deployment: set EDGEAI_DATABASE_URL (PostgreSQL) and

@@ -76,7 +76,8 @@ def serve(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     if args.api_only:
         env["EDGEAI_RUN_JOBS"] = "off"
-    argv = [sys.executable, "-m", "gunicorn", "--bind", f"{args.host}:{args.port}",
+    argv = [sys.executable, "-m", "gunicorn", "-c", "python:edgeai.gunicorn_config",
+            "--bind", f"{args.host}:{args.port}",
             "--workers", str(args.workers), "--worker-class", "gthread", "--threads", "4",
             "--timeout", "300", "--graceful-timeout", "30", "--no-control-socket",
             "edgeai:create_app()"]

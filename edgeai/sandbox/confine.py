@@ -136,14 +136,36 @@ def enter_namespaces(view: bool, pid: bool, network: bool) -> dict[str, str]:
 
 def become_init_of_pid_namespace() -> None:
     """Fork into the new PID namespace. The parent stays behind only to wait: it
-    exits as its child does (same code or signal), so the server sees one process."""
+    exits as its child does (same code or signal), so the server sees one process.
+
+    It also watches the job's stdin, whose only writer is the supervisor: when that
+    end closes (the job is over, or the server process died without a word), it kills
+    the namespace's first process, and with it everything in the namespace. A child
+    forked by a zygote that other server processes share outlives the one that asked
+    for it otherwise."""
     child = os.fork()
     if child == 0:
         return
-    # Only stderr stays open here: the job's channel and pipes must end when the job
-    # does, not when this waiting process does.
-    os.closerange(0, 2)
+    # Only stdin (watched, never read) and stderr stay open here: the job's channel
+    # and pipes must end when the job does, not when this waiting process does.
+    os.closerange(1, 2)
     os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+    import select
+
+    pidfd = os.pidfd_open(child)
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    poller.register(0, 0)  # no events asked for: hang-ups and errors are always told
+    while True:
+        try:
+            events = dict(poller.poll())
+        except InterruptedError:
+            continue
+        if pidfd in events:
+            break
+        if events.get(0, 0) & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
+            os.kill(child, signal.SIGKILL)
+            poller.unregister(0)
     while True:
         try:
             _, status = os.waitpid(child, 0)

@@ -49,7 +49,7 @@ from edgeai.sandbox.channel import KEY, ChannelReader
 from edgeai.sandbox.limits import Limits
 from edgeai.sandbox.removal import remove_tree
 from edgeai.sandbox.seats import DEFAULT_UIDS, NoSeat, Seat, Seats, kill_uid, parse_uid_range
-from edgeai.sandbox.zygote import Zygote, ZygotePool, ZygoteUnavailable
+from edgeai.sandbox.zygote import Zygote, ZygotePool, ZygoteUnavailable, exit_code
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +124,33 @@ def cgroup_state() -> str:
     return ("not used: cgroup v2 " + ("delegated to this process" if delegated
                                       else "not delegated to this process")
             + ", left alone (the bounds above hold without it)")
+
+
+def child_env(threads: int) -> dict[str, str]:
+    """The environment of every child (and zygote): no secrets, no database path, the
+    job's threads for every framework's pools."""
+    count = str(threads)
+    env = {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "HOME": "/tmp",
+        "TMPDIR": "/tmp",
+        "PYTHONPATH": PACKAGE_PARENT,
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONNOUSERSITE": "1",
+        "PYTHONHASHSEED": "0",
+        "OMP_NUM_THREADS": count,
+        "MKL_NUM_THREADS": count,
+        "OPENBLAS_NUM_THREADS": count,
+        "TF_NUM_INTRAOP_THREADS": count,
+        "TF_NUM_INTEROP_THREADS": count,
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "TF_ENABLE_ONEDNN_OPTS": "0",
+        "KERAS_BACKEND": "tensorflow",
+        "CUDA_VISIBLE_DEVICES": "",
+    }
+    env.update({k: os.environ[k] for k in _PASSTHROUGH_ENV if k in os.environ})
+    return env
 
 
 # -- the process tree of a job --------------------------------------------------------
@@ -321,10 +348,12 @@ class _Child:
         self.seat = seat
         self.framework = framework
         self.zygote: Zygote | None = None
+        self.reply: Any = None  # the zygote's socket for this child's exit code
         self.proc: subprocess.Popen | None = None
         self.stderr_tail = bytearray()
         self.started = time.monotonic()
         self._precise_at, self._precise_mb = float("-inf"), 0.0
+        self._code: int | None = None
         settings = {"framework": framework, "entry": sandbox.entry, "probe": probe,
                     "confine": sandbox.confine_spec(slot, seat)}
         channel_r, channel_w = os.pipe2(os.O_CLOEXEC)
@@ -333,7 +362,8 @@ class _Child:
         try:
             zygote = None if probe else sandbox.zygote_for(framework, cancel)
             if zygote is not None:
-                self.pid, self.pidfd = zygote.fork(settings, (channel_w, stdin_r, stderr_w))
+                self.pid, self.pidfd, self.reply = zygote.fork(settings,
+                                                               (channel_w, stdin_r, stderr_w))
                 self.zygote = zygote
             else:
                 settings["channel_fd"] = channel_w
@@ -380,17 +410,19 @@ class _Child:
         """The exit code (negative: the signal), once known."""
         if self.proc is not None:
             return self.proc.poll()
-        if self.zygote is not None and self.exited(0):
-            return self.zygote.exit_code(self.pid, 2.0)
+        if self.reply is not None and self.exited(0):
+            if self._code is None:
+                self._code = exit_code(self.reply, 2.0)
+            return self._code
         return None
 
     def send_job(self, job: PruneJob) -> None:
-        """Hand the job over (stdin, one JSON line), then close stdin."""
-        try:
-            os.write(self.stdin_w, (json.dumps({"job": job.to_dict()}) + "\n").encode())
-        finally:
-            os.close(self.stdin_w)
-            self.stdin_w = -1
+        """Hand the job over (stdin, one JSON line). Stdin stays open until the job is
+        over: its closing tells the child's waiting process to end the job (see
+        :func:`edgeai.sandbox.confine.become_init_of_pid_namespace`)."""
+        data = (json.dumps({"job": job.to_dict()}) + "\n").encode()
+        while data:
+            data = data[os.write(self.stdin_w, data):]
 
     def processes(self) -> list[int]:
         """The job's processes: every process of its uid (and the tree below the child)."""
@@ -465,6 +497,8 @@ class _Child:
                 except OSError:
                     pass
         self.stdin_w = self.pidfd = self.channel_r = -1
+        if self.reply is not None:
+            self.reply.close()
         try:
             os.close(self.stderr_r)
         except OSError:
@@ -545,28 +579,7 @@ class Sandbox:
 
     def child_env(self) -> dict[str, str]:
         """A scrubbed environment: no secrets, no database path, bounded threads."""
-        threads = str(self.limits.threads)
-        env = {
-            "PATH": "/usr/local/bin:/usr/bin:/bin",
-            "LANG": "C.UTF-8",
-            "HOME": "/tmp",
-            "TMPDIR": "/tmp",
-            "PYTHONPATH": PACKAGE_PARENT,
-            "PYTHONDONTWRITEBYTECODE": "1",
-            "PYTHONNOUSERSITE": "1",
-            "PYTHONHASHSEED": "0",
-            "OMP_NUM_THREADS": threads,
-            "MKL_NUM_THREADS": threads,
-            "OPENBLAS_NUM_THREADS": threads,
-            "TF_NUM_INTRAOP_THREADS": threads,
-            "TF_NUM_INTEROP_THREADS": threads,
-            "TF_CPP_MIN_LOG_LEVEL": "2",
-            "TF_ENABLE_ONEDNN_OPTS": "0",
-            "KERAS_BACKEND": "tensorflow",
-            "CUDA_VISIBLE_DEVICES": "",
-        }
-        env.update({k: os.environ[k] for k in _PASSTHROUGH_ENV if k in os.environ})
-        return env
+        return child_env(self.limits.threads)
 
     def bounds(self) -> dict[str, Any]:
         """The resource bounds every job gets here (``/healthz`` and every report)."""
@@ -640,25 +653,14 @@ class Sandbox:
 
     # -- zygotes -----------------------------------------------------------
     def prepare(self, frameworks: tuple[str, ...]) -> None:
-        """Start a zygote for each framework (server start-up): the first now, each next
-        one once the one before is ready, so that the first job's framework imports on a
-        core of its own (the imports are seconds of CPU each). A job for a framework
-        whose zygote is not started yet starts it at once (:meth:`zygote_for`)."""
-        if not self.warm_spares or not frameworks:
+        """Start a zygote for each framework (server start-up), or attach to those of
+        the gunicorn master: the first at normal priority, the others at the lowest
+        while they preload, so that the first job's framework imports on a core of
+        its own (the imports are seconds of CPU each)."""
+        if not self.warm_spares:
             return
-        first = self.pool.get(frameworks[0], self.child_env(), self.entry)
-
-        def the_rest() -> None:
-            if first is not None:
-                first.ready.wait(self.limits.spare_ready_seconds)
-            for framework in frameworks[1:]:
-                if self._closed:
-                    return
-                zygote = self.pool.get(framework, self.child_env(), self.entry)
-                if zygote is not None:
-                    zygote.ready.wait(self.limits.spare_ready_seconds)
-
-        threading.Thread(target=the_rest, daemon=True, name="zygotes-start").start()
+        for index, framework in enumerate(frameworks):
+            self.pool.get(framework, self.child_env(), self.entry, low_priority=index > 0)
 
     prepare_spares = prepare
 
@@ -684,7 +686,8 @@ class Sandbox:
 
     def zygotes(self) -> dict[str, dict[str, Any]]:
         """Each zygote's state (``/healthz``, metrics): ready, fork-safe, memory."""
-        return {zygote.framework: {"ready": zygote.usable(), "pid": zygote.proc.pid,
+        return {zygote.framework: {"ready": zygote.usable(),
+                                   "shared": zygote.proc is None,
                                    "rss_mb": round(zygote.rss_mb(), 1), **zygote.info}
                 for zygote in self.pool.all()}
 

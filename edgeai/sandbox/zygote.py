@@ -18,13 +18,24 @@ a fresh interpreter per job instead. ``import tensorflow`` and ``import keras``
 start no thread; running a Keras model does (TensorFlow's thread pools), so the
 TensorFlow zygote only imports and the child warms up (~0.2 s). torch starts no
 thread even when tracing and exporting a model, so the torch zygote warms up fully.
+ONNX Runtime's import starts a thread: the ONNX zygote leaves it to the child.
 
-Protocol, on a ``SOCK_SEQPACKET`` socket pair (the zygote's descriptor 0):
-the server sends ``{"op": "fork", "id": n, "settings": {...}}`` with three
-descriptors (the child's channel, stdin and stderr); the zygote answers
-``{"forked": n, "pid": pid}`` with a pidfd of the child, and later
-``{"exited": pid, "code": code}`` when it has reaped it. When the server's end
-closes, the zygote exits, and its children die with it.
+Who owns the zygotes: under gunicorn with :mod:`edgeai.gunicorn_config` (``make run``,
+``edgeai serve``), the master starts one zygote per framework before it forks its
+workers, and every worker uses them (:func:`start_shared`, :func:`shared_sockets`):
+one set per server, started before the workers even boot. Anywhere else (``edgeai
+worker``, the local CLI, tests, a plain ``gunicorn wsgi:app``) a process starts its
+own (:class:`ZygotePool`). Zygotes after the first preload at the lowest priority, so
+the first framework imports on a core of its own.
+
+Protocol, on a ``SOCK_SEQPACKET`` socket (the zygote's descriptor 0), which several
+processes may share: every request carries its own reply socket, the last descriptor
+it sends. ``{"op": "hello"}`` is answered ``{"ready": info}`` once the zygote has
+preloaded. ``{"op": "fork", "settings": {...}}`` with the child's channel, stdin and
+stderr is answered ``{"forked": pid}`` with a pidfd of the child, and later, on the
+same reply socket, ``{"exited": pid, "code": code}`` when it has reaped it. When
+every end of its request socket is closed, the zygote exits, and its children die
+with it.
 """
 from __future__ import annotations
 
@@ -44,6 +55,8 @@ log = logging.getLogger(__name__)
 
 MAX_REQUEST_BYTES = 1 << 20
 STDERR_TAIL_BYTES = 8192
+# Where a gunicorn master tells its workers which descriptors reach its zygotes.
+SHARED_ENV = "EDGEAI_ZYGOTES"
 
 
 # -- the zygote process ---------------------------------------------------------------
@@ -91,12 +104,12 @@ def _become_child(request: dict[str, Any], fds: list[int]) -> None:
         os.setsid()
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        channel, stdin, stderr = fds
+        channel, stdin, stderr = fds[:3]
         os.dup2(stdin, 0)
         os.dup2(stderr, 1)
         os.dup2(stderr, 2)
         os.dup2(channel, 3)
-        os.closerange(4, os.sysconf("SC_OPEN_MAX"))
+        os.closerange(4, os.sysconf("SC_OPEN_MAX"))  # the zygote's sockets, every reply
         _reseed()
         from edgeai.sandbox.child import run_child
 
@@ -124,21 +137,33 @@ def _send(sock: socket.socket, message: dict[str, Any], fds: list[int] | None = 
         sock.send(data)
 
 
+def _answer(reply: socket.socket, message: dict[str, Any],
+            fds: list[int] | None = None) -> bool:
+    """Send on a reply socket; False when its asker is gone (never an error here)."""
+    try:
+        _send(reply, message, fds)
+        return True
+    except OSError:
+        return False
+
+
 def serve(settings: dict[str, Any]) -> int:
     """The zygote's loop (see the module docstring); returns its exit code.
 
-    The zygote ends when the server's end of its socket closes, however the server
-    ended. (Not a parent-death signal: that fires when the *thread* that started the
-    zygote exits, and a server starts zygotes from short-lived threads.)"""
+    The zygote ends when every end of its request socket is closed, however the
+    server ended. (Not a parent-death signal: that fires when the *thread* that
+    started the zygote exits.)"""
     sock = socket.socket(fileno=0)
     if os.getppid() != settings["parent_pid"]:
         return 0  # the server died before we started
+    if settings.get("low_priority"):
+        os.setpriority(os.PRIO_PROCESS, 0, 19)
     info = _preload(settings)
+    if settings.get("low_priority"):
+        os.setpriority(os.PRIO_PROCESS, 0, 0)  # its children start from the usual
     info["fork_safe"] = info["threads"] == 1
     info["pid"] = os.getpid()
-    _send(sock, {"ready": info})
-    if not info["fork_safe"]:
-        return 0
+    replies: dict[int, socket.socket] = {}
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
@@ -150,37 +175,48 @@ def serve(settings: dict[str, Any]) -> int:
                     pass
             except BlockingIOError:
                 pass
-            _reap(sock)
-        if sock in readable:
-            try:
-                data, fds, _, _ = socket.recv_fds(sock, MAX_REQUEST_BYTES, 3)
-            except OSError:
-                return 0
-            if not data:
-                return 0  # the server is gone; our children die with us (their
-                # parent-death signal is ours: this process has one thread)
-            try:
-                request = json.loads(data)
-            except ValueError:
-                request = {}
-            if request.get("op") != "fork" or len(fds) != 3:
-                for fd in fds:
-                    os.close(fd)
-                continue
-            pid = os.fork()
-            if pid == 0:
-                sock.close()
-                _become_child(request, fds)
-            for fd in fds:
+            _reap(replies)
+        if sock not in readable:
+            continue
+        try:
+            data, fds, _, _ = socket.recv_fds(sock, MAX_REQUEST_BYTES, 4)
+        except OSError:
+            return 0
+        if not data:
+            return 0  # every server process is gone; our children die with us (their
+            # parent-death signal is ours: this process has one thread)
+        try:
+            request = json.loads(data)
+        except ValueError:
+            request = {}
+        if not fds:
+            continue
+        reply = socket.socket(fileno=fds[-1])
+        if request.get("op") == "hello" and len(fds) == 1:
+            _answer(reply, {"ready": info})
+            reply.close()
+            continue
+        if request.get("op") != "fork" or len(fds) != 4 or not info["fork_safe"]:
+            for fd in fds[:-1]:
                 os.close(fd)
-            pidfd = os.pidfd_open(pid)
-            try:
-                _send(sock, {"forked": request.get("id"), "pid": pid}, [pidfd])
-            finally:
-                os.close(pidfd)
+            _answer(reply, {"refused": "not fork-safe" if not info["fork_safe"] else
+                            "a malformed request"})
+            reply.close()
+            continue
+        pid = os.fork()
+        if pid == 0:
+            _become_child(request, fds)
+        for fd in fds[:-1]:
+            os.close(fd)
+        pidfd = os.pidfd_open(pid)
+        try:
+            _answer(reply, {"forked": pid}, [pidfd])
+        finally:
+            os.close(pidfd)
+        replies[pid] = reply
 
 
-def _reap(sock: socket.socket) -> None:
+def _reap(replies: dict[int, socket.socket]) -> None:
     while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
@@ -188,11 +224,14 @@ def _reap(sock: socket.socket) -> None:
             return
         if pid == 0:
             return
-        _send(sock, {"exited": pid, "code": os.waitstatus_to_exitcode(status)})
+        reply = replies.pop(pid, None)
+        if reply is not None:
+            _answer(reply, {"exited": pid, "code": os.waitstatus_to_exitcode(status)})
+            reply.close()
 
 
 def main() -> int:
-    """``python -m edgeai.sandbox.zygote SETTINGS``: the socket to the server is fd 0.
+    """``python -m edgeai.sandbox.zygote SETTINGS``: the request socket is fd 0.
     Exits without the interpreter's teardown (seconds with a framework loaded: every
     stop of a server would wait for it)."""
     code = serve(json.loads(sys.argv[1]))
@@ -205,88 +244,106 @@ class ZygoteUnavailable(RuntimeError):
     """The zygote cannot fork (not started, not fork-safe, dead); ``str()`` says why."""
 
 
-class Zygote:
-    """A zygote process for one framework, as the server sees it; thread-safe.
-
-    ``env`` is the children's scrubbed environment (the zygote's children inherit it),
-    ``entry`` a ``module:function`` the children run instead of an engine (tests).
-    """
-
-    def __init__(self, framework: str, env: dict[str, str], entry: str | None = None):
-        self.framework = framework
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        settings = {"framework": framework, "entry": entry, "parent_pid": os.getpid()}
-        self.started = time.monotonic()
-        self.proc = subprocess.Popen(
+def spawn(framework: str, env: dict[str, str], entry: str | None = None,
+          low_priority: bool = False) -> tuple[subprocess.Popen, socket.socket]:
+    """Start a zygote process; return it and the server's end of its request socket."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    settings = {"framework": framework, "entry": entry, "parent_pid": os.getpid(),
+                "low_priority": low_priority}
+    try:
+        proc = subprocess.Popen(
             [sys.executable, "-m", "edgeai.sandbox.zygote", json.dumps(settings)],
             stdin=theirs, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd="/",
             env=env, start_new_session=True, close_fds=True)
+    finally:
         theirs.close()
-        self.sock = ours
+    return proc, ours
+
+
+class Zygote:
+    """A zygote for one framework, as one server process sees it; thread-safe.
+
+    Either started by this process (``proc``; :meth:`start`), or one a gunicorn
+    master started and shares with its workers (``proc`` is None; :meth:`attach`).
+    """
+
+    def __init__(self, framework: str, sock: socket.socket,
+                 proc: subprocess.Popen | None = None):
+        self.framework = framework
+        self.sock = sock
+        self.proc = proc
+        self.started = time.monotonic()
         self.info: dict[str, Any] = {}
         self.ready = threading.Event()
+        self.broken: str | None = None
         self.stderr_tail = bytearray()
-        self._lock = threading.Lock()
-        self._next_id = 0
-        self._forks: dict[int, tuple[threading.Event, list[Any]]] = {}
-        self._exits: dict[int, int] = {}
-        self._exit_events: dict[int, threading.Event] = {}
-        self._closed = False
-        threading.Thread(target=self._read, daemon=True, name=f"zygote-{framework}").start()
-        threading.Thread(target=self._keep_stderr, daemon=True,
-                         name=f"zygote-{framework}-stderr").start()
+        if proc is not None and proc.stderr is not None:
+            threading.Thread(target=self._keep_stderr, daemon=True,
+                             name=f"zygote-{framework}-stderr").start()
+        threading.Thread(target=self._hello, daemon=True, name=f"zygote-{framework}").start()
 
-    # -- reading its messages ----------------------------------------------------
+    @classmethod
+    def start(cls, framework: str, env: dict[str, str], entry: str | None = None,
+              low_priority: bool = False) -> Zygote:
+        """Start a zygote of this process's own."""
+        proc, sock = spawn(framework, env, entry, low_priority)
+        return cls(framework, sock, proc)
+
+    @classmethod
+    def attach(cls, framework: str, fd: int) -> Zygote:
+        """Use the zygote whose request socket is ``fd`` (inherited from a gunicorn
+        master): the master owns it, this process only asks it to fork."""
+        return cls(framework, socket.socket(fileno=os.dup(fd)))
+
+    # -- asking it ---------------------------------------------------------------
     def _keep_stderr(self) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
         try:
-            for chunk in iter(lambda: self.proc.stderr.read1(65536), b""):
+            for chunk in iter(lambda: self.proc.stderr.read1(65536), b""):  # type: ignore
                 self.stderr_tail += chunk
                 del self.stderr_tail[:-STDERR_TAIL_BYTES]
         except (OSError, ValueError):
             pass
 
-    def _read(self) -> None:
+    def _request(self, message: dict[str, Any], fds: list[int],
+                 timeout: float | None) -> tuple[dict[str, Any], list[int], socket.socket]:
+        """Send ``message`` with ``fds`` and a new reply socket; return the first answer,
+        the descriptors it carried, and the reply socket (for later answers)."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            while True:
-                data, fds, _, _ = socket.recv_fds(self.sock, 65536, 1)
-                if not data:
-                    break
-                message = json.loads(data)
-                if "ready" in message:
-                    self.info = message["ready"]
-                    self.info["start_seconds"] = round(time.monotonic() - self.started, 3)
-                    self.ready.set()
-                elif "forked" in message:
-                    with self._lock:
-                        waiting = self._forks.pop(message["forked"], None)
-                        self._exit_events.setdefault(message["pid"], threading.Event())
-                    if waiting is None:
-                        for fd in fds:
-                            os.close(fd)
-                    else:
-                        waiting[1].extend([message["pid"], fds[0] if fds else -1])
-                        waiting[0].set()
-                elif "exited" in message:
-                    with self._lock:
-                        self._exits[message["exited"]] = message["code"]
-                        event = self._exit_events.setdefault(message["exited"],
-                                                             threading.Event())
-                    event.set()
-        except (OSError, ValueError):
-            pass
+            try:
+                _send(self.sock, message, [*fds, theirs.fileno()])
+            finally:
+                theirs.close()
+            ours.settimeout(timeout)
+            data, received, _, _ = socket.recv_fds(ours, 65536, 1)
+        except (OSError, TimeoutError) as error:
+            ours.close()
+            raise ZygoteUnavailable(f"the zygote did not answer ({error})") from None
+        if not data:
+            ours.close()
+            raise ZygoteUnavailable("the zygote is gone")
+        try:
+            return json.loads(data), received, ours
+        except ValueError:
+            ours.close()
+            raise ZygoteUnavailable("the zygote answered nonsense") from None
+
+    def _hello(self) -> None:
+        try:
+            answer, _, reply = self._request({"op": "hello"}, [], None)
+            reply.close()
+            self.info = answer.get("ready") or {}
+            self.info["start_seconds"] = round(time.monotonic() - self.started, 3)
+        except ZygoteUnavailable as error:
+            self.broken = str(error)
         finally:
             self.ready.set()
-            with self._lock:
-                self._closed = True
-                for event, _ in self._forks.values():
-                    event.set()
-                for event in self._exit_events.values():
-                    event.set()
 
-    # -- asking ----------------------------------------------------------------
     def usable(self) -> bool:
         """Ready, alive and fork-safe."""
-        return (self.ready.is_set() and not self._closed and self.proc.poll() is None
+        alive = self.proc is None or self.proc.poll() is None
+        return (self.ready.is_set() and not self.broken and alive
                 and bool(self.info.get("fork_safe")))
 
     def why_not(self) -> str:
@@ -297,51 +354,34 @@ class Zygote:
             return (f"not fork-safe: preloading {self.framework} started "
                     f"{self.info.get('threads')} threads")
         tail = bytes(self.stderr_tail).decode(errors="replace").strip().splitlines()[-2:]
-        return f"exited ({self.proc.poll()}): {' | '.join(tail)}"
+        code = self.proc.poll() if self.proc is not None else None
+        return f"{self.broken or 'exited'} ({code}): {' | '.join(tail)}"
 
     def fork(self, settings: dict[str, Any], fds: tuple[int, int, int],
-             timeout: float = 30.0) -> tuple[int, int]:
+             timeout: float = 30.0) -> tuple[int, int, socket.socket]:
         """Fork a child that runs :func:`edgeai.sandbox.child.run_child` with
-        ``settings`` and ``fds`` (channel, stdin, stderr); return (pid, pidfd).
-        Raises :class:`ZygoteUnavailable`."""
+        ``settings`` and ``fds`` (channel, stdin, stderr); return its pid, a pidfd of it,
+        and the socket its exit code will come on (:func:`exit_code`). Raises
+        :class:`ZygoteUnavailable`."""
         if not self.usable():
             raise ZygoteUnavailable(self.why_not())
-        event, answer = threading.Event(), []
-        with self._lock:
-            self._next_id += 1
-            request_id = self._next_id
-            self._forks[request_id] = (event, answer)
-        try:
-            _send(self.sock, {"op": "fork", "id": request_id, "settings": settings}, list(fds))
-        except OSError as error:
-            with self._lock:
-                self._forks.pop(request_id, None)
-            raise ZygoteUnavailable(f"the zygote is gone ({error.strerror})") from None
-        if not event.wait(timeout) or not answer:
-            with self._lock:
-                self._forks.pop(request_id, None)
-            raise ZygoteUnavailable("the zygote did not fork in time")
-        pid, pidfd = answer
-        if pidfd < 0:
-            raise ZygoteUnavailable("the zygote sent no pidfd")
-        return pid, pidfd
-
-    def exit_code(self, pid: int, timeout: float) -> int | None:
-        """The exit code of child ``pid`` once the zygote reaped it (negative: the
-        signal), or None if not known within ``timeout``."""
-        with self._lock:
-            event = self._exit_events.setdefault(pid, threading.Event())
-        event.wait(timeout)
-        with self._lock:
-            code = self._exits.pop(pid, None)
-            if code is not None:
-                self._exit_events.pop(pid, None)
-            return code
+        answer, received, reply = self._request({"op": "fork", "settings": settings},
+                                                list(fds), timeout)
+        if "forked" not in answer or not received:
+            reply.close()
+            for fd in received:
+                os.close(fd)
+            if answer.get("refused"):
+                raise ZygoteUnavailable(f"the zygote refused: {answer['refused']}")
+            self.broken = "the zygote sent no pidfd"
+            raise ZygoteUnavailable(self.broken)
+        return int(answer["forked"]), received[0], reply
 
     def rss_mb(self) -> float:
         """The zygote's resident memory, MB."""
+        pid = self.info.get("pid")
         try:
-            with open(f"/proc/{self.proc.pid}/status") as handle:
+            with open(f"/proc/{pid}/status") as handle:
                 for line in handle:
                     if line.startswith("VmRSS:"):
                         return int(line.split()[1]) / 1024
@@ -350,14 +390,17 @@ class Zygote:
         return 0.0
 
     def close(self) -> None:
-        """Stop the zygote (its children die with it)."""
+        """Stop using it; a zygote of this process's own is stopped (its children die
+        with it)."""
         try:
-            self.sock.shutdown(socket.SHUT_RDWR)
+            self.sock.shutdown(socket.SHUT_RDWR) if self.proc is not None else None
         except OSError:
             pass
         self.sock.close()
+        if self.proc is None:
+            return
         try:
-            self.proc.wait(timeout=2)
+            self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(timeout=10)
@@ -365,16 +408,64 @@ class Zygote:
             self.proc.stderr.close()
 
 
-class ZygotePool:
-    """The zygotes of one server process (or shared by several sandboxes in tests), one
-    per (framework, entry, environment); a dead one is replaced when next asked for."""
+def exit_code(reply: socket.socket, timeout: float) -> int | None:
+    """The exit code (negative: the signal) the zygote reports on a fork's reply socket
+    once it has reaped the child, or None if not known within ``timeout``."""
+    try:
+        reply.settimeout(timeout)
+        data = reply.recv(65536)
+        message = json.loads(data) if data else {}
+    except (OSError, TimeoutError, ValueError):
+        return None
+    code = message.get("code") if isinstance(message, dict) else None
+    return code if isinstance(code, int) else None
 
-    def __init__(self) -> None:
+
+# -- zygotes shared by a gunicorn master's workers --------------------------------------
+def start_shared(frameworks: tuple[str, ...], env: dict[str, str]) -> list[subprocess.Popen]:
+    """In a gunicorn master, before it forks its workers: start one zygote per
+    framework (the first at normal priority, the others at the lowest while they
+    preload) and tell the workers where they are (:data:`SHARED_ENV`). The request
+    sockets stay open in the master and are inherited by every worker it forks."""
+    processes, fds = [], []
+    for index, framework in enumerate(frameworks):
+        proc, sock = spawn(framework, env, low_priority=index > 0)
+        fd = sock.detach()
+        os.set_inheritable(fd, True)
+        processes.append(proc)
+        fds.append(f"{framework}={fd}")
+    os.environ[SHARED_ENV] = ",".join(fds)
+    return processes
+
+
+def shared_sockets() -> dict[str, int]:
+    """The request sockets of the zygotes this process's gunicorn master shares, by
+    framework (empty outside such a worker)."""
+    found = {}
+    for item in os.environ.get(SHARED_ENV, "").split(","):
+        framework, _, fd = item.partition("=")
+        if framework and fd.isdigit():
+            try:
+                os.fstat(int(fd))
+            except OSError:
+                continue
+            found[framework] = int(fd)
+    return found
+
+
+class ZygotePool:
+    """The zygotes one server process uses (or several sandboxes share, in tests), one
+    per (framework, entry, environment): those of its gunicorn master where there are,
+    else its own; a dead one is replaced by one of its own when next asked for."""
+
+    def __init__(self, shared: bool = True) -> None:
         self._zygotes: dict[tuple, Zygote] = {}
         self._lock = threading.Lock()
         self._closed = False
+        self._shared = shared_sockets() if shared else {}
 
-    def get(self, framework: str, env: dict[str, str], entry: str | None) -> Zygote | None:
+    def get(self, framework: str, env: dict[str, str], entry: str | None,
+            low_priority: bool = False) -> Zygote | None:
         """The zygote for ``framework`` (started now if there is none or it died); None
         once the pool is closed."""
         key = (framework, entry, tuple(sorted(env.items())))
@@ -382,22 +473,28 @@ class ZygotePool:
             if self._closed:
                 return None
             zygote = self._zygotes.get(key)
-            if zygote is not None and zygote.ready.is_set() and zygote.proc.poll() is not None:
-                log.warning("zygote %s died (%s); starting another", framework,
-                            zygote.why_not())
+            if zygote is not None and zygote.ready.is_set() and not zygote.usable() and \
+                    (zygote.broken or (zygote.proc is not None and zygote.proc.poll() is not None)):
+                log.warning("zygote %s is gone (%s); starting one of this process's own",
+                            framework, zygote.why_not())
                 zygote.close()
+                self._shared.pop(framework, None)
                 zygote = None
             if zygote is None:
-                zygote = self._zygotes[key] = Zygote(framework, env, entry)
+                if entry is None and framework in self._shared:
+                    zygote = Zygote.attach(framework, self._shared[framework])
+                else:
+                    zygote = Zygote.start(framework, env, entry, low_priority)
+                self._zygotes[key] = zygote
             return zygote
 
     def all(self) -> list[Zygote]:
-        """The zygotes started so far."""
+        """The zygotes asked for so far."""
         with self._lock:
             return list(self._zygotes.values())
 
     def close(self) -> None:
-        """Stop every zygote."""
+        """Stop using every zygote (stopping this process's own)."""
         with self._lock:
             self._closed = True
             zygotes, self._zygotes = list(self._zygotes.values()), {}

@@ -80,7 +80,8 @@ class LiveServer(GuideClient):
         env = dict(os.environ, EDGEAI_DATA_DIR=str(self.data_dir), **self.env)
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [str(BIN / "gunicorn"), "--bind", f"127.0.0.1:{self.port}", "--workers",
+            [str(BIN / "gunicorn"), "-c", "python:edgeai.gunicorn_config",
+             "--bind", f"127.0.0.1:{self.port}", "--workers",
              str(self.workers), "--worker-class", "gthread", "--threads", "4",
              "--timeout", "120", "--graceful-timeout", "10", "--no-control-socket",
              "wsgi:app"],
