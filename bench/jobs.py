@@ -120,20 +120,21 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def worker_memory(server: LiveServer) -> tuple[float, float, dict]:
-    """(a gunicorn worker's RSS, the RSS of its zygotes, {framework: RSS}) in MB."""
+def server_memory(server: LiveServer) -> tuple[float, list[float], dict]:
+    """(the master's RSS, each worker's, {framework: its zygote's RSS}) in MB: the
+    zygotes are the master's children, shared by its workers."""
     master = server.proc.pid
-    workers = [int(p) for p in Path(f"/proc/{master}/task/{master}/children").read_text().split()]
-    worker = workers[0]
-    zygotes = {}
-    for pid in Path(f"/proc/{worker}/task/{worker}/children").read_text().split():
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    kids = [int(p) for p in Path(f"/proc/{master}/task/{master}/children").read_text().split()]
+    workers, zygotes = [], {}
+    for pid in kids:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         if b"edgeai.sandbox.zygote" in cmdline:
-            framework = cmdline[cmdline.index(b"edgeai.sandbox.zygote") + 1][:60]
-            name = next((f for f in ("tensorflow", "pytorch", "onnx")
-                         if f.encode() in framework), "?")
-            zygotes[name] = rss_mb(int(pid))
-    return rss_mb(worker), sum(zygotes.values()), zygotes
+            name = next((f for f in ("tensorflow", "pytorch", "onnx") if f.encode() in cmdline),
+                        "?")
+            zygotes[name] = rss_mb(pid)
+        else:
+            workers.append(rss_mb(pid))
+    return rss_mb(master), workers, zygotes
 
 
 def split(body: dict) -> str:
@@ -219,7 +220,7 @@ def main() -> int:
             headers = server.create_key()
             timed(server, headers, lambda: submit_tf(server, headers, mnist, 0.4))
             timed(server, headers, lambda: submit_pt(server, headers, torch_files))
-            idle_worker, idle_zygotes, zygotes = worker_memory(server)
+            master_mb, workers_mb, zygotes = server_memory(server)
             keras_runs = [timed(server, headers, lambda: submit_tf(server, headers, mnist, 0.4))
                           for _ in range(3)]
             torch_runs = [timed(server, headers, lambda: submit_pt(server, headers, torch_files))
@@ -254,10 +255,12 @@ def main() -> int:
             ("a job's process ends -> its result written", f"{statistics.median(written):.0f} ms"
              if written else "?", f"median of {len(written)} jobs, max "
              f"{max(written, default=0):.0f} ms (aim: status says done within 50 ms)"),
-            ("idle server worker + its zygotes", f"{idle_worker + idle_zygotes:.0f} MB",
-             f"worker {idle_worker:.0f} MB, zygotes " + ", ".join(
-                 f"{name} {value:.0f} MB" for name, value in zygotes.items())
-             + " (the spares they replace: ~640 + ~290 MB)"),
+            ("idle server: master, 2 workers, zygotes",
+             f"{master_mb + sum(workers_mb) + sum(zygotes.values()):.0f} MB",
+             f"master {master_mb:.0f}, workers " + " + ".join(f"{w:.0f}" for w in workers_mb)
+             + ", zygotes (shared) " + ", ".join(f"{name} {value:.0f}" for name, value in
+                                                 zygotes.items())
+             + " MB; the spares they replace were ~640 + ~290 MB per worker"),
         ]
         alone, beside, hostile_seconds = hostile_neighbour(tmp, mobilenet)
         rows.append(("MobileNetV2 job beside a hostile job, one worker", f"{beside:.2f} s",
