@@ -137,7 +137,7 @@ class JobRunner:
 
     # -- lifecycle ---------------------------------------------------------
     def start(self) -> None:
-        """Remove what dead runs left on disk, recover stale rows, start the spares, the
+        """Remove what dead runs left on disk, recover stale rows, start the zygotes, the
         dispatcher and the heartbeat."""
         try:
             self.storage.remove_leftovers()

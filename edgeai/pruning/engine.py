@@ -25,7 +25,8 @@ class Engine(ABC):
     separator: ClassVar[str] = "."
 
     def warm_up(self) -> None:  # noqa: B027 - optional hook, a no-op by default
-        """Import the framework ahead of a job (called in a spare child process)."""
+        """Finish warming the engine up in a job's child, before the job is sent (what
+        :meth:`preload` could not do in the zygote without starting a thread)."""
 
     def preload(self) -> bool:
         """Import the framework in a zygote (:mod:`edgeai.sandbox.zygote`) without

@@ -25,7 +25,7 @@ class Limits:
         """The rlimits the child sets on itself."""
         return {
             "memory_mb": self.memory_mb,
-            # CPU seconds: all threads count, and the spare's warm-up too.
+            # CPU seconds: all threads count, and the child's warm-up too.
             "cpu_seconds": (self.timeout + self.spare_ready_seconds) * max(1, self.threads) + 60,
             "file_mb": self.file_mb,
             "open_files": self.open_files,
