@@ -374,19 +374,23 @@ class Job:
         return status.get("report")
 
     def updates(self, poll: float = 1.0, timeout: float | None = None,
-                hold: float | None = None) -> Iterator[dict[str, Any]]:
+                hold: float | None = None, now: bool = False) -> Iterator[dict[str, Any]]:
         """Yield each status until the job ends (the last one yielded is terminal).
 
         Each status call asks the server to hold it up to ``hold`` seconds (default
         ``poll``) and answer as soon as the job ends, so the end is seen at once; a
-        status at least every ``poll`` seconds otherwise. Raises TimeoutError after
-        ``timeout`` seconds, or ClientError from a call.
+        status at least every ``poll`` seconds otherwise. ``now`` makes the first call
+        answer at once (a progress display shows the job was taken before it ends).
+        Raises TimeoutError after ``timeout`` seconds, or ClientError from a call.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         hold = poll if hold is None else hold
+        first = now
         while True:
             asked = time.monotonic()
             left = hold if deadline is None else min(hold, deadline - asked)
+            if first:
+                left, first = 0.0, False
             status = self.status(wait=max(0.0, left))
             yield status
             if job_state(status) in TERMINAL_STATES:
@@ -404,13 +408,15 @@ class Job:
         its final status.
 
         ``progress=True`` prints a line to stderr when the state, phase or progress
-        changes; a callable gets every status instead (about every ``poll`` seconds).
+        changes, the first at once; a callable gets every status instead (the first at
+        once, then about every ``poll`` seconds).
         Raises JobFailed with the server's reason if the job failed or expired,
         TimeoutError after ``timeout``.
         """
         report = as_callback(progress)
         status: dict[str, Any] = {}
-        for status in self.updates(poll, timeout, hold=poll if report else LONG_POLL_SECONDS):
+        for status in self.updates(poll, timeout, hold=poll if report else LONG_POLL_SECONDS,
+                                   now=bool(report)):
             if report:
                 report(status)
         if job_state(status) != "done":

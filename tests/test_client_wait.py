@@ -68,3 +68,12 @@ def test_a_server_that_answers_at_once_is_not_called_in_a_busy_loop(status_serve
     answer["fn"] = at_cap
     Client(url, "id", "secret").job(TXID).wait(poll=0.25, timeout=10)
     assert 4 <= len(calls) <= 8, len(calls)  # about one a poll interval over a second
+
+
+def test_a_progress_display_gets_the_first_status_at_once_then_held_calls(status_server):
+    url, calls, answer = status_server
+    answer["fn"] = lambda args, n: (200, {"status": "0" if n >= 3 else "2", "message": "ok"})
+    seen: list[dict] = []
+    Client(url, "id", "secret").job(TXID).wait(progress=seen.append, poll=0.05, timeout=10)
+    assert ["wait" in c for c in calls] == [False, True, True]  # the job was taken: shown
+    assert len(seen) == 3 and seen[-1]["status"] == "0"
