@@ -106,11 +106,18 @@ class Accuracy:
         self.measure(pruned, "after_recovery")
         return pruned
 
+    def recovery_split(self) -> tuple[Data, Data]:
+        """(fit, check): the calibration samples recovery fits on, and those it only
+        checks its steps on (a search may choose on these: nothing is fitted to them,
+        and the held-out fifth stays untouched for the report)."""
+        assert self.calibration is not None
+        return self.calibration.split(0.25, seed=1)
+
     def _recover(self, pruned: Any, loaded: Loaded, analysis: Analysis, plan: Plan,
                  ) -> tuple[Any, dict]:
         """Refit, then BatchNorm re-estimation; each step kept only where it brings the
         outputs closer to the original's on calibration samples it did not use."""
-        fit, check = self.calibration.split(0.25, seed=1)
+        fit, check = self.recovery_split()
         summary: dict = self.engine.refit(pruned, loaded, analysis, plan, fit, check)
         reference = [self.engine.run_batch(loaded.model, x) for x, _ in check.chunks()]
         candidate = self.engine.copy(pruned)

@@ -26,7 +26,9 @@ from edgeai.pruning.spec import (
     formats_param,
     parse_class_name,
     parse_input_size,
+    runtime_param,
 )
+from edgeai.pruning.structure import LayerCost
 
 MAX_EVAL_SAMPLES = 2048
 
@@ -34,6 +36,7 @@ SPEC = EngineSpec(
     name="pytorch", endpoint="pt_prune",
     summary="Submit a PyTorch state_dict with its class file for pruning.",
     params=(*COMMON_PARAMS, formats_param(("onnx",)),
+            runtime_param(("torch", "onnxruntime"), {"onnxruntime": "onnx"}),
             Param("input_size", "Shape of one input without the batch dimension, e.g. 1,28,28",
                   parse_input_size, required=True, example="1,28,28"),
             Param("model_name", "The class in class_def to build with no arguments",
@@ -75,6 +78,7 @@ class TorchPruner(Engine):
     separator = "."
     channel_axis = 1
     export_formats = ("onnx",)
+    timing_runtimes = ("torch", "onnxruntime")
 
     def warm_up(self) -> None:
         """Import torch, torch-pruning and torchsummary before a job arrives."""
@@ -189,6 +193,11 @@ class TorchPruner(Engine):
 
         return count_params_macs(model, loaded.extra.example)
 
+    def cost_terms(self, loaded: Loaded, analysis: Analysis) -> list[LayerCost]:
+        from edgeai.pruning.torch_engine.report import cost_terms
+
+        return cost_terms(loaded.model, loaded.extra.example, analysis)
+
     # -- running ---------------------------------------------------------------
     def example_batch(self, loaded: Loaded, seed: int) -> Any:
         import torch
@@ -264,10 +273,6 @@ class TorchPruner(Engine):
 
     def runtime_of(self, fmt: str) -> str:
         return "ONNX Runtime"
-
-    def runtimes(self, job: PruneJob) -> list[str]:
-        return ["torch"] + (["onnxruntime"] if "onnx" in (job.options.get("formats") or ())
-                            else [])
 
     def timer(self, model: Any, runtime: str, batch: int, loaded: Loaded, threads: int,
               path: str | None = None) -> Any:
