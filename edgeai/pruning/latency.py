@@ -58,10 +58,10 @@ GRID = 0.05
 MAX_FRACTION = 0.9
 MAX_MEASUREMENTS = 8
 CANDIDATES = 6
-# A full recovery per candidate is kept while it costs less than this; beyond it the
-# candidates get the cheap half of recovery only (BatchNorm statistics), the shipped
-# model still the full one.
-CANDIDATE_SECONDS = 2.0
+# Candidates are judged after a full recovery when, timed on one probe, all of the
+# search's evaluations would take less than this; else after the cheap half of
+# recovery only (BatchNorm statistics). The shipped model always gets the full one.
+DATA_SECONDS = 240.0
 UNIFORM = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 # Seconds kept free before the job's deadline for what follows the search.
 RESERVE_SECONDS = 120.0
@@ -205,6 +205,22 @@ class Candidates:
             self.mode = "none"
         self.baseline = self.metric_of(self.loaded.model)
 
+    def choose_mode(self, probe: dict[str, list[int]], evaluations: int) -> None:
+        """Time one full-recovery evaluation of ``probe``; if ``evaluations`` of them would
+        take more than :data:`DATA_SECONDS`, judge candidates after BatchNorm
+        re-estimation only, for the whole search (one rule for every step)."""
+        if self.mode != "recovery" or not probe:
+            return
+        started = time.perf_counter()
+        self(probe)
+        spent = time.perf_counter() - started
+        if spent * evaluations > DATA_SECONDS:
+            self.mode = "batchnorm"
+            self.notes.append(f"a full recovery takes {spent:.1f} s here, about "
+                              f"{spent * evaluations:.0f} s for the search's {evaluations} "
+                              "candidates: they were judged after re-estimating BatchNorm "
+                              "statistics only (the shipped model gets the full recovery)")
+
     def metric_of(self, model: Any) -> float:
         """The metric of ``model`` on the selection samples."""
         kind, value = evaluate(lambda x: self.engine.run_batch(model, x), self.selection,
@@ -222,13 +238,8 @@ class Candidates:
         elif self.mode == "batchnorm":
             self.engine.reestimate(model, self.fit)
         value = self.metric_of(model)
-        spent = time.perf_counter() - started
         self.evaluations += 1
-        self.seconds += spent
-        if self.mode == "recovery" and spent > CANDIDATE_SECONDS:
-            self.mode = "batchnorm"
-            self.notes.append(f"a candidate's full recovery took {spent:.1f} s; the later "
-                              "candidates were judged after re-estimating BatchNorm only")
+        self.seconds += time.perf_counter() - started
         return value
 
 
@@ -280,10 +291,16 @@ class LatencySearch:
             self.guide = f"data-free: the metric cannot be measured ({error})"
             return
         self.path[0].metric = self.candidates.baseline
-        self.guide = (f"held-out metric: each step takes the group with the best latency saved "
-                      f"per {self.report.evaluation.metric if self.report.evaluation else ''} "
-                      f"lost on {len(self.candidates.selection)} calibration samples recovery "
-                      "does not fit (NetAdapt-style)")
+        steps = int(np.ceil((1.0 - self.budget) / self.step)) + 2
+        probe = make_plan(self.analysis, 0.3, self.job.omitted, self.engine.separator,
+                          self.round_to).removal
+        self.candidates.choose_mode(probe, steps * min(CANDIDATES, len(self.groups))
+                                    + len(UNIFORM))
+        metric = getattr(self.accuracy.report, "metric", None) or "metric"
+        self.guide = (f"your data: each step takes the group with the best latency saved per "
+                      f"{metric} lost, measured on {len(self.candidates.selection)} calibration "
+                      "samples that recovery does not fit (NetAdapt-style; the held-out fifth "
+                      "is kept for the report)")
 
     def _out_of_time(self) -> bool:
         return bool(self.deadline) and time.time() > float(self.deadline) - RESERVE_SECONDS
