@@ -12,7 +12,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgeai.db import Transaction
-from edgeai.report_page.charts import LayerChart, SensitivityChart, layer_chart, sensitivity_chart
+from edgeai.report_page.charts import (
+    LatencyChart,
+    LayerChart,
+    SensitivityChart,
+    latency_chart,
+    layer_chart,
+    sensitivity_chart,
+)
 
 STAGES = (("before", "original"), ("after_prune", "pruned"),
           ("after_recovery", "after recovery"), ("after_finetune", "after fine-tuning"))
@@ -98,6 +105,8 @@ class Page:
     downloads: list[Download] = field(default_factory=list)
     layers: LayerChart | None = None
     sensitivity: SensitivityChart | None = None
+    latency: LatencyChart | None = None
+    search_steps: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _figure_card(label: str, before: Any, after: Any, fmt: Callable[[Any], str]) -> Card:
@@ -176,4 +185,9 @@ def build_page(row: Transaction) -> Page:
     page.layers = layer_chart(report.get("layers") or [])
     page.sensitivity = sensitivity_chart(report.get("sensitivity") or {},
                                          evaluation.get("metric") or "metric")
+    target = report.get("target") or {}
+    if target.get("metric") == "latency":
+        page.latency = latency_chart(target, evaluation.get("metric") or "metric")
+        page.search_steps = [step for step in target.get("steps") or []
+                             if isinstance(step, dict)]
     return page
