@@ -36,6 +36,7 @@ examples:
   edgeai prune mnist_base.h5 -p 0.4 -o small.h5
   edgeai prune mnist_base.h5 -p 0.4 --format tflite --round-to 8
   edgeai prune mnist_base.h5 --target macs:0.5 --server http://127.0.0.1:5000 --json
+  edgeai prune resnet.keras --target latency:0.5 --format tflite --threads 1 --dataset d.npz
   edgeai prune --weights mnist_cnn.pth --class-def model.py --model-name Net \\
                --input-size 1,28,28 -p 0.5 --omit fc1,fc2
 
@@ -61,7 +62,8 @@ def add_prune_parser(groups: Any) -> None:
     how = prune.add_argument_group("how much to prune (one of)")
     how.add_argument("-p", "--percent", help="fraction of every group's channels to remove, "
                      "in [0, 1): 0.4 removes 40%%")
-    how.add_argument("--target", help="keep this fraction of params or MACs, e.g. macs:0.5")
+    how.add_argument("--target", help="keep this fraction of params, MACs or measured latency, "
+                     "e.g. macs:0.5 or latency:0.5")
     how.add_argument("--plan", type=Path, help="per-group plan .json (from an analysis)")
     what = prune.add_argument_group("what to write and keep")
     what.add_argument("-o", "--output", type=Path,
@@ -72,6 +74,10 @@ def add_prune_parser(groups: Any) -> None:
     what.add_argument("--round-to", help="every group keeps a multiple of this many channels")
     what.add_argument("--dataset", type=Path, help="data to measure, recover and fine-tune on")
     what.add_argument("--finetune-epochs", help="epochs of fine-tuning on --dataset")
+    what.add_argument("--runtime", help="where to time (a latency target, the report's speed): "
+                      "keras, tflite, onnxruntime (Keras); torch, onnxruntime (PyTorch); "
+                      "default: the --format's runtime, else the framework's")
+    what.add_argument("--threads", help="threads to time with, as your device runs the model")
     what.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                       help="any other parameter the server accepts, e.g. measure=false, "
                            "batch_size=8, recover=false (repeatable)")
@@ -113,7 +119,8 @@ def request_from(args: argparse.Namespace) -> tuple[str, dict[str, Path], dict[s
             raise UsageError(f"no such file: {path}")
     raw = {"percent": args.percent, "ommitted": args.omit, "round_to": args.round_to,
            "target": args.target, "finetune_epochs": args.finetune_epochs,
-           "model_name": args.model_name, "input_size": args.input_size}
+           "model_name": args.model_name, "input_size": args.input_size,
+           "runtime": args.runtime, "threads": args.threads}
     for item in args.param:
         name, equals, value = item.partition("=")
         if not equals or not name:
