@@ -116,8 +116,11 @@ class Accuracy:
     def _recover(self, pruned: Any, loaded: Loaded, analysis: Analysis, plan: Plan,
                  ) -> tuple[Any, dict]:
         """Refit, then BatchNorm re-estimation; each step kept only where it brings the
-        outputs closer to the original's on calibration samples it did not use."""
+        outputs closer to the original's on calibration samples it did not use. Where
+        the engine can, the other order too (statistics measured first, the layers
+        refit to them), and the better of the two on those samples."""
         fit, check = self.recovery_split()
+        measured = self.engine.copy(pruned)
         summary: dict = self.engine.refit(pruned, loaded, analysis, plan, fit, check)
         reference = [self.engine.run_batch(loaded.model, x) for x, _ in check.chunks()]
         candidate = self.engine.copy(pruned)
@@ -127,6 +130,12 @@ class Accuracy:
             pruned, summary["batchnorm"] = candidate, count
         else:
             summary["batchnorm"], summary["batchnorm_rejected"] = 0, count
+        if count:
+            first = self.engine.refit(measured, loaded, analysis, plan, fit, check,
+                                      measured_statistics=True)
+            if first is not None and self._score(measured, check, reference) > \
+                    self._score(pruned, check, reference):
+                return measured, {**first, "batchnorm": count, "statistics_first": True}
         return pruned, summary
 
     def _score(self, model: Any, data: Data, reference: list[list[Any]]) -> tuple[float, float]:

@@ -122,11 +122,16 @@ class Engine(ABC):
         raise PruningError("this engine cannot copy a model")
 
     def refit(self, pruned: Any, loaded: Loaded, analysis: Analysis, plan: Plan, fit: Any,
-              check: Any) -> dict[str, list[str]]:
+              check: Any, measured_statistics: bool = False) -> dict[str, list[str]] | None:
         """Least-squares refit, in place, of the layers of ``pruned`` that lost input
         channels, from ``fit`` data; a layer keeps its refit only where it lowers its
         error against the original's on ``check``. ``loaded`` is the unmasked original.
-        Returns ``{"refit": [...], "refit_rejected": [...]}``."""
+        ``measured_statistics``: measure BatchNorm statistics on ``fit`` first (of
+        ``pruned``, and of a copy of the original for the targets) and after each refit;
+        an engine that cannot returns None. Returns ``{"refit": [...],
+        "refit_rejected": [...]}``."""
+        if measured_statistics:
+            return None
         return {"refit": [], "refit_rejected": []}
 
     def reestimate(self, model: Any, data: Any) -> int:

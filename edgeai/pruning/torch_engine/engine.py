@@ -222,11 +222,12 @@ class TorchPruner(Engine):
         return copy.deepcopy(model)
 
     def refit(self, pruned: Any, loaded: Loaded, analysis: Analysis, plan: Plan, fit: Data,
-              check: Data) -> dict[str, list[str]]:
+              check: Data, measured_statistics: bool = False) -> dict[str, list[str]] | None:
         from edgeai.pruning.torch_engine import recovery
 
         kept = recovery.kept_channels(loaded.model, loaded.extra.example, plan)
-        return recovery.refit_layers(pruned, loaded.model, kept, fit, check)
+        return recovery.refit_layers(pruned, loaded.model, kept, fit, check,
+                                     measured_statistics)
 
     def reestimate(self, model: Any, data: Data) -> int:
         from edgeai.pruning.torch_engine import recovery
