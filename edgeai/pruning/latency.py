@@ -58,9 +58,10 @@ GRID = 0.05
 MAX_FRACTION = 0.9
 MAX_MEASUREMENTS = 8
 CANDIDATES = 6
-# Candidates are judged after a full recovery when, timed on one probe, all of the
-# search's evaluations would take less than this; else after the cheap half of
-# recovery only (BatchNorm statistics). The shipped model always gets the full one.
+MIN_CANDIDATES = 2
+# The time the data-guided steps may take: it decides how candidates are judged (after a
+# full recovery, or the cheap half of it: BatchNorm statistics) and how many per step.
+# The shipped model always gets the full recovery.
 DATA_SECONDS = 240.0
 UNIFORM = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 # Seconds kept free before the job's deadline for what follows the search.
@@ -194,6 +195,7 @@ class Candidates:
     recover: bool
     higher: bool = True
     mode: str = "recovery"
+    per_step: int = CANDIDATES
     baseline: float = 0.0
     evaluations: int = 0
     seconds: float = 0.0
@@ -205,28 +207,37 @@ class Candidates:
             self.mode = "none"
         self.baseline = self.metric_of(self.loaded.model)
 
-    def choose_mode(self, probe: dict[str, list[int]], evaluations: int) -> None:
-        """Time one full-recovery evaluation of ``probe``; if ``evaluations`` of them would
-        take more than :data:`DATA_SECONDS`, judge candidates after BatchNorm
-        re-estimation only, for the whole search (one rule for every step)."""
-        if self.mode != "recovery" or not probe:
-            return
-        started = time.perf_counter()
-        self(probe)
-        spent = time.perf_counter() - started
-        if spent * evaluations > DATA_SECONDS:
-            self.mode = "batchnorm"
-            self.notes.append(f"a full recovery takes {spent:.1f} s here, about "
-                              f"{spent * evaluations:.0f} s for the search's {evaluations} "
-                              "candidates: they were judged after re-estimating BatchNorm "
-                              "statistics only (the shipped model gets the full recovery)")
-
     def metric_of(self, model: Any) -> float:
         """The metric of ``model`` on the selection samples."""
         kind, value = evaluate(lambda x: self.engine.run_batch(model, x), self.selection,
                                self.engine.channel_axis)
         self.higher = HIGHER_IS_BETTER[kind]
         return value
+
+    def choose_mode(self, probe: dict[str, list[int]], steps: int, most: int) -> None:
+        """Decide, once for the whole search, how candidates are judged and how many per
+        step: after a full recovery if at least :data:`MIN_CANDIDATES` per step fit in
+        :data:`DATA_SECONDS` (timed on ``probe``), else after BatchNorm re-estimation
+        only; then as many per step (at most ``most``) as fit."""
+        modes = ["recovery", "batchnorm"] if self.mode == "recovery" else [self.mode]
+        spent = 0.0
+        for mode in modes:
+            self.mode = mode
+            started = time.perf_counter()
+            if probe:
+                self(probe)
+            spent = time.perf_counter() - started
+            fits = int(DATA_SECONDS / max(spent * steps, 1e-9))
+            if fits >= MIN_CANDIDATES or mode == modes[-1]:
+                self.per_step = max(MIN_CANDIDATES, min(most, fits))
+                break
+        if self.mode != modes[0]:
+            self.notes.append("a full recovery per candidate would take too long here; "
+                              "candidates were judged after re-estimating BatchNorm "
+                              "statistics only (the shipped model gets the full recovery)")
+        if self.per_step < most:
+            self.notes.append(f"{self.per_step} candidates per step (a candidate takes "
+                              f"{spent:.1f} s here), the best by the data-free estimate")
 
     def __call__(self, removal: dict[str, list[int]]) -> float:
         """The metric of the plan removing ``removal``, recovered as the mode says."""
@@ -294,8 +305,7 @@ class LatencySearch:
         steps = int(np.ceil((1.0 - self.budget) / self.step)) + 2
         probe = make_plan(self.analysis, 0.3, self.job.omitted, self.engine.separator,
                           self.round_to).removal
-        self.candidates.choose_mode(probe, steps * min(CANDIDATES, len(self.groups))
-                                    + len(UNIFORM))
+        self.candidates.choose_mode(probe, steps, min(CANDIDATES, len(self.groups)))
         metric = getattr(self.accuracy.report, "metric", None) or "metric"
         self.guide = (f"your data: each step takes the group with the best latency saved per "
                       f"{metric} lost, measured on {len(self.candidates.selection)} calibration "
@@ -346,13 +356,13 @@ class LatencySearch:
                                       "data-free: the job's deadline was near")
             else:
                 sign = 1.0 if data.higher else -1.0
-                for option in options[:CANDIDATES]:
+                for option in options[:data.per_step]:
                     try:
                         option.metric = data(option.removal)
                     except Exception as error:  # noqa: BLE001 - that candidate is skipped
                         data.notes.append(f"step {len(self.path)}, {option.key}: not measured "
                                           f"({type(error).__name__}: {str(error)[:120]})")
-                judged = [o for o in options[:CANDIDATES] if o.metric is not None]
+                judged = [o for o in options[:data.per_step] if o.metric is not None]
                 if judged:
                     best = min(judged, key=lambda o: (
                         sign * (current.metric - o.metric) / o.saving, -o.saving))
