@@ -13,6 +13,8 @@ Prints one table. Figures:
 - the sandbox's cost: a child's start to ready with every layer and with none,
   the confinement step measured inside the child, and a cold-child job with and
   without the layers.
+Then the tables of bench.deploy, bench.accuracy and bench.latency (target=latency:0.5
+re-timed, against uniform pruning at the same latency).
 """
 from __future__ import annotations
 
@@ -217,7 +219,7 @@ def resnet_rows(resnet_time: float, floor: float, report: dict,
     speed = extras.get("speed") or {}
     rows.append(("  new step: tflite export + check", f"{export.get('seconds') or 0:.2f} s",
                  f"passed {export.get('passed')}, {(export.get('size') or 0) / 2**20:.1f} MB"))
-    rows.append(("  new step: latency, keras + tflite (measure=true)",
+    rows.append(("  new step: latency where it runs, tflite (measure=true)",
                  f"{speed.get('seconds') or 0:.2f} s", "; ".join(
                      f"{row['runtime']} {row['before_ms']:.1f} -> {row['after_ms']:.1f} ms"
                      for row in speed.get("latencies", []))))
@@ -303,9 +305,9 @@ def main() -> int:
     print(f"{'-' * width}  {'-' * 16}  {'-' * 40}")
     for name, value, note in rows:
         print(f"{name.ljust(width)}  {value:>16}  {note}")
-    from bench import accuracy, deploy
+    from bench import accuracy, deploy, latency
 
-    return deploy.main() or accuracy.main()
+    return deploy.main() or accuracy.main() or latency.main()
 
 
 if __name__ == "__main__":
