@@ -184,6 +184,9 @@ class Engine(ABC):
         """For each timing runtime with a file format, that format (``{"tflite": "tflite"}``)."""
         return {}
 
+    # Whether :meth:`forward` compiles (the framework's runtime is not eager).
+    compiles: ClassVar[bool] = False
+
     def forward(self, model: Any) -> Any:
         """A compiled function of ``model``: batch -> outputs as :meth:`run_batch` gives
         them, set up once per model and kept (for the few models a job keeps: the

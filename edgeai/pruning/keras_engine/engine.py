@@ -61,6 +61,7 @@ class KerasPruner(Engine):
     channel_axis = -1
     export_formats = EXPORT_FORMATS
     timing_runtimes = TIMING_RUNTIMES
+    compiles = True
 
     def __init__(self) -> None:
         self._compiled: set[int] = set()
