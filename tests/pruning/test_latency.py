@@ -269,3 +269,20 @@ def test_an_analysis_returns_the_latency_plan_that_a_prune_takes(digits):
     assert pruned["plan"] == result["plan"]
     fractions = analysis.report["target"]["fractions"]
     assert {key: round(value, 4) for key, value in fractions.items()} == result["plan"]
+
+
+def test_an_engine_without_cost_terms_is_guided_by_real_rewrites(tmp_path):
+    """An engine that joins without :meth:`cost_terms` (a new one starts so) still takes
+    part: the estimate is then the MACs of each rewritten plan."""
+    from edgeai.pruning.torch_engine import TorchPruner
+
+    class Plain(TorchPruner):
+        def cost_terms(self, loaded, analysis):
+            return None
+
+    framework = Framework("pytorch", TorchPruner, "block.0", "block", tmp_path)
+    report = Plain().prune(framework.job(0.0, **latency(0.5))).report
+    target = check_the_promise(report, 0.5)
+    assert target["estimate"] == "MACs of each rewritten plan"
+    assert target["reached"] <= 0.5 and report["macs_ratio"] == pytest.approx(
+        target["steps"][target["chosen_step"]]["estimate"], abs=1e-3)
