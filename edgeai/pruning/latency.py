@@ -49,7 +49,7 @@ from edgeai.pruning.engine import Engine
 from edgeai.pruning.metric import HIGHER_IS_BETTER, NotMeasured, evaluate
 from edgeai.pruning.plan import drop_failed, group_verdict, make_plan
 from edgeai.pruning.report import JobReport
-from edgeai.pruning.speed import Comparison, Meter, timing_threads
+from edgeai.pruning.speed import Comparison, Meter, threads_note, timing_threads
 from edgeai.pruning.structure import Analysis, ChannelGroup, Loaded, Plan
 
 MIN_RELIABLE_MS = 1.0
@@ -584,6 +584,8 @@ def search_latency(engine: Engine, loaded: Loaded, analysis: Analysis, job: Prun
         raise PruningError("The latency target cannot be searched: no channel group of this "
                            "model can be pruned (outputs, omitted layers and layers left whole "
                            "keep every channel).")
+    if threads_note(job):
+        report.warnings.append(str(threads_note(job)))
     chosen, summary = search.run()
     curves = search.curves(chosen)
     if curves:

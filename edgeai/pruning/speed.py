@@ -257,7 +257,8 @@ def measure_speed(engine: Engine, loaded: Loaded, original: object, pruned: obje
                                 if before.median_ms else None, runs=after.runs))
     detail = (f"median of {MIN_RUNS}-{MAX_RUNS} runs after {WARM_UP} warm-up run, stopped when "
               f"its 90% interval is within {STABLE:.0%}; {threads} thread(s)") + \
-        ("; skipped " + "; ".join(skipped) if skipped else "")
+        ("; skipped " + "; ".join(skipped) if skipped else "") + \
+        (f"; {threads_note(job)}" if threads_note(job) else "")
     return Speed(threads=threads, latencies=rows, detail=detail,
                  seconds=round(time.perf_counter() - started, 3))
 
@@ -267,3 +268,12 @@ def timing_threads(job: PruneJob) -> int:
     use), else the job's."""
     asked = job.options.get("threads")
     return min(int(asked), available_cpus()) if asked else job_threads()
+
+
+def threads_note(job: PruneJob) -> str | None:
+    """Why the job times with fewer threads than ``threads=`` asked, if it does."""
+    asked = job.options.get("threads")
+    if asked and int(asked) > available_cpus():
+        return (f"threads={asked}: this server lets the job use {available_cpus()} CPU(s), "
+                f"so the models were timed with {available_cpus()} thread(s)")
+    return None
