@@ -46,7 +46,7 @@ import numpy as np
 
 from edgeai.pruning.base import PruneJob, PruningError
 from edgeai.pruning.engine import Engine
-from edgeai.pruning.metric import HIGHER_IS_BETTER, NotMeasured, evaluate
+from edgeai.pruning.metric import HIGHER_IS_BETTER, NotMeasured, evaluate, evaluate_smooth
 from edgeai.pruning.plan import drop_failed, group_verdict, make_plan
 from edgeai.pruning.report import JobReport
 from edgeai.pruning.speed import Comparison, Meter, threads_note, timing_threads
@@ -56,6 +56,10 @@ MIN_RELIABLE_MS = 1.0
 ELEMENT_COST = 16
 GRID = 0.05
 MAX_FRACTION = 0.9
+# A step raises one group's fraction by at most this much (NetAdapt takes a layer as far
+# as one step's saving needs; a large jump in one group is a change no candidate judge
+# sees coming, and what recovery wins back cannot be judged for it).
+MAX_RISE = 0.15
 MAX_MEASUREMENTS = 8
 CANDIDATES = 6
 MIN_CANDIDATES = 2
@@ -64,6 +68,7 @@ MIN_CANDIDATES = 2
 # The shipped model always gets the full recovery.
 DATA_SECONDS = 240.0
 UNIFORM = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+UNIFORM_STEP = "(every group: uniform)"
 # Seconds kept free before the job's deadline for what follows the search.
 RESERVE_SECONDS = 120.0
 
@@ -155,6 +160,7 @@ class Step:
     estimate: float
     group: str | None = None
     metric: float | None = None
+    loss: float | None = None
     free_loss: float = 0.0
     measured: Comparison | None = None
 
@@ -166,6 +172,8 @@ class Step:
                                "corrected_estimate": round(corrected, 4)}
         if self.metric is not None:
             row["metric"] = round(self.metric, 6)
+        if self.loss is not None:
+            row["loss"] = round(self.loss, 6)
         if self.measured is not None:
             row["measured"] = self.measured.as_dict()
         return row
@@ -182,6 +190,7 @@ class Option:
     saving: float
     free_loss: float
     metric: float | None = None
+    loss: float | None = None
 
 
 @dataclass
@@ -197,6 +206,7 @@ class Candidates:
     mode: str = "recovery"
     per_step: int = CANDIDATES
     baseline: float = 0.0
+    baseline_loss: float = 0.0
     evaluations: int = 0
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
@@ -205,14 +215,15 @@ class Candidates:
         self.fit, self.selection = self.accuracy.recovery_split()
         if not self.recover:
             self.mode = "none"
-        self.baseline = self.metric_of(self.loaded.model)
+        self.baseline, self.baseline_loss = self.judge(self.loaded.model)
 
-    def metric_of(self, model: Any) -> float:
-        """The metric of ``model`` on the selection samples."""
-        kind, value = evaluate(lambda x: self.engine.run_batch(model, x), self.selection,
-                               self.engine.channel_axis)
+    def judge(self, model: Any) -> tuple[float, float]:
+        """The metric of ``model`` on the selection samples, and its smooth loss (which
+        steps are compared by: see :func:`.metric.evaluate_smooth`)."""
+        kind, value, loss = evaluate_smooth(lambda x: self.engine.run_batch(model, x),
+                                            self.selection, self.engine.channel_axis)
         self.higher = HIGHER_IS_BETTER[kind]
-        return value
+        return value, loss
 
     def choose_mode(self, probe: dict[str, list[int]], steps: int, most: int) -> None:
         """Decide, once for the whole search, how candidates are judged and how many per
@@ -239,8 +250,9 @@ class Candidates:
             self.notes.append(f"{self.per_step} candidates per step (a candidate takes "
                               f"{spent:.1f} s here), the best by the data-free estimate")
 
-    def __call__(self, removal: dict[str, list[int]]) -> float:
-        """The metric of the plan removing ``removal``, recovered as the mode says."""
+    def __call__(self, removal: dict[str, list[int]]) -> tuple[float, float]:
+        """The metric and smooth loss of the plan removing ``removal``, recovered as the
+        mode says."""
         started = time.perf_counter()
         plan = Plan(removal=dict(removal))
         model, _ = self.engine.rewrite(self.loaded, self.analysis, plan)
@@ -248,10 +260,10 @@ class Candidates:
             model, _ = self.accuracy._recover(model, self.loaded, self.analysis, plan)
         elif self.mode == "batchnorm":
             self.engine.reestimate(model, self.fit)
-        value = self.metric_of(model)
+        judged = self.judge(model)
         self.evaluations += 1
         self.seconds += time.perf_counter() - started
-        return value
+        return judged
 
 
 class LatencySearch:
@@ -285,6 +297,7 @@ class LatencySearch:
                       "measured)")
         self.models: dict[int, Any] = {}
         self.failed: dict[int, dict[str, str]] = {}
+        self.uniform_check: dict[str, Any] | None = None
 
     # -- judging candidates on data -------------------------------------------------
     def _attach_data(self) -> None:
@@ -302,6 +315,7 @@ class LatencySearch:
             self.guide = f"data-free: the metric cannot be measured ({error})"
             return
         self.path[0].metric = self.candidates.baseline
+        self.path[0].loss = self.candidates.baseline_loss
         steps = int(np.ceil((1.0 - self.budget) / self.step)) + 2
         probe = make_plan(self.analysis, 0.3, self.job.omitted, self.engine.separator,
                           self.round_to).removal
@@ -322,7 +336,8 @@ class LatencySearch:
             fraction = current.fractions.get(key, 0.0)
             before = current.removal.get(key, [])
             chosen = None
-            grid = np.round(np.arange(fraction + GRID, MAX_FRACTION + 1e-9, GRID), 4)
+            top = min(MAX_FRACTION, fraction + MAX_RISE)
+            grid = np.round(np.arange(fraction + GRID, top + 1e-9, GRID), 4)
             for candidate in grid.tolist():
                 verdict = group_verdict(group, candidate, self.job.omitted,
                                         self.engine.separator, self.round_to)
@@ -349,26 +364,25 @@ class LatencySearch:
             return False
         best = options[0]
         data = self.candidates
-        if data is not None and current.metric is not None:
+        if data is not None and current.loss is not None:
             if self._out_of_time():
                 if not any("deadline" in note for note in data.notes):
                     data.notes.append(f"from step {len(self.path)} on, steps were chosen "
                                       "data-free: the job's deadline was near")
             else:
-                sign = 1.0 if data.higher else -1.0
                 for option in options[:data.per_step]:
                     try:
-                        option.metric = data(option.removal)
+                        option.metric, option.loss = data(option.removal)
                     except Exception as error:  # noqa: BLE001 - that candidate is skipped
                         data.notes.append(f"step {len(self.path)}, {option.key}: not measured "
                                           f"({type(error).__name__}: {str(error)[:120]})")
-                judged = [o for o in options[:data.per_step] if o.metric is not None]
+                judged = [o for o in options[:data.per_step] if o.loss is not None]
                 if judged:
-                    best = min(judged, key=lambda o: (
-                        sign * (current.metric - o.metric) / o.saving, -o.saving))
+                    best = min(judged, key=lambda o: ((o.loss - current.loss) / o.saving,
+                                                      -o.saving))
         fractions = {**current.fractions, best.key: best.fraction}
         self.path.append(Step(fractions, best.removal, best.estimate, best.key, best.metric,
-                              current.free_loss + best.free_loss))
+                              best.loss, current.free_loss + best.free_loss))
         return True
 
     # -- timing ----------------------------------------------------------------------
@@ -471,7 +485,48 @@ class LatencySearch:
         else:
             timed = [i for i, s in enumerate(self.path) if s.measured is not None]
             chosen = max(timed) if timed else 0
+        if self.candidates is not None and chosen > 0 and not self._out_of_time():
+            chosen = self._against_uniform(chosen)
         return chosen, self.summary(chosen)
+
+    def _against_uniform(self, chosen: int) -> int:
+        """With data: uniform pruning at the chosen plan's estimated latency, judged the
+        same way; when it loses less on the selection samples (and, timed, meets the
+        budget too) it is shipped instead, as a last step of the path, said in the
+        report. The search never ships worse than uniform on your samples."""
+        data = self.candidates
+        step = self.path[chosen]
+        assert data is not None and step.loss is not None
+        low, high = 0.0, MAX_FRACTION
+        for _ in range(12):  # the smallest uniform percent whose estimate is the plan's
+            middle = (low + high) / 2
+            if self.estimate(self._uniform(middle)) > step.estimate:
+                low = middle
+            else:
+                high = middle
+        percent = round(high, 4)
+        removal = self._uniform(percent)
+        metric, loss = data(removal)
+        self.uniform_check = {"percent": percent, "metric": metric, "loss": loss,
+                              "path_loss": step.loss}
+        if loss >= step.loss:
+            return chosen
+        fractions = {key: percent for key in self.groups if key in removal}
+        self.path.append(Step(fractions, removal, self.estimate(removal), UNIFORM_STEP,
+                              metric, loss, step.free_loss))
+        index = len(self.path) - 1
+        if self.unmeasurable is None:
+            timed = self._measure(index)
+            if timed is None or timed.ratio > max(self.budget, step.measured.ratio
+                                                  if step.measured else self.budget):
+                self.uniform_check["timed"] = timed.ratio if timed else None
+                return chosen
+        self.uniform_check["shipped"] = True
+        return index
+
+    def _uniform(self, percent: float) -> dict[str, list[int]]:
+        return make_plan(self.analysis, percent, self.job.omitted, self.engine.separator,
+                         self.round_to).removal
 
     def _estimated_choice(self) -> int:
         index = self._first_within(0, None)
@@ -526,6 +581,14 @@ class LatencySearch:
                                  "original's" + ("" if met else
                                                  f", the lowest the search reached, above the "
                                                  f"budget {self.budget:g}"))
+        if self.uniform_check is not None:
+            summary["uniform_check"] = self.uniform_check
+            if self.uniform_check.get("shipped"):
+                summary["detail"] += (
+                    f"; uniform pruning (percent={self.uniform_check['percent']}) at the "
+                    "path's latency lost less on your samples "
+                    f"(loss {self.uniform_check['loss']:.4g} against "
+                    f"{self.uniform_check['path_loss']:.4g}) and was shipped instead")
         if self.candidates is not None:
             summary["candidates"] = {"evaluations": self.candidates.evaluations,
                                      "seconds": round(self.candidates.seconds, 3),
@@ -542,7 +605,8 @@ class LatencySearch:
         if data is None:
             return None
         search = [[round(self.corrected(s.estimate), 4), round(s.metric, 6)]
-                  for s in self.path[:max(chosen + 1, 2)] if s.metric is not None]
+                  for s in self.path[:max(chosen + 1, 2)]
+                  if s.metric is not None and s.group != UNIFORM_STEP]
         uniform = [[1.0, round(data.baseline, 6)]]
         floor = self.corrected(self.path[chosen].estimate)
         for percent in UNIFORM:
@@ -553,7 +617,7 @@ class LatencySearch:
             if not plan.removal:
                 continue
             latency = self.corrected(self.estimate(plan.removal))
-            uniform.append([round(latency, 4), round(data(plan.removal), 6)])
+            uniform.append([round(latency, 4), round(data(plan.removal)[0], 6)])
             if latency < floor * 0.9:
                 break
         return {"search": search, "uniform": uniform}
