@@ -36,7 +36,7 @@ from edgeai.pruning.structure import Loaded
 
 WARM_UP = 1
 MIN_RUNS, MAX_RUNS = 5, 50
-MAX_SECONDS = 1.0
+MAX_SECONDS = 0.5
 STABLE = 0.02
 COVERAGE = 0.9
 MIN_ROUNDS, MAX_ROUNDS = 5, 11
