@@ -64,8 +64,9 @@ MAX_MEASUREMENTS = 8
 CANDIDATES = 6
 MIN_CANDIDATES = 2
 # The time the data-guided steps may take: it decides how candidates are judged (after a
-# full recovery, or the cheap half of it: BatchNorm statistics) and how many per step.
-# The shipped model always gets the full recovery.
+# full recovery, or the cheap half of it: BatchNorm statistics) and how many per step;
+# once spent, the remaining steps are data-free. The shipped model always gets the full
+# recovery.
 DATA_SECONDS = 240.0
 UNIFORM = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 UNIFORM_STEP = "(every group: uniform)"
@@ -205,6 +206,7 @@ class Candidates:
     higher: bool = True
     mode: str = "recovery"
     per_step: int = CANDIDATES
+    stopped: bool = False
     baseline: float = 0.0
     baseline_loss: float = 0.0
     evaluations: int = 0
@@ -365,10 +367,14 @@ class LatencySearch:
         best = options[0]
         data = self.candidates
         if data is not None and current.loss is not None:
-            if self._out_of_time():
-                if not any("deadline" in note for note in data.notes):
-                    data.notes.append(f"from step {len(self.path)} on, steps were chosen "
-                                      "data-free: the job's deadline was near")
+            spent = data.seconds > DATA_SECONDS
+            if self._out_of_time() or spent:
+                if not data.stopped:
+                    data.stopped = True
+                    data.notes.append(
+                        f"from step {len(self.path)} on, steps were chosen data-free: " + (
+                            f"judging candidates had taken {data.seconds:.0f} s"
+                            if spent else "the job's deadline was near"))
             else:
                 for option in options[:data.per_step]:
                     try:
