@@ -329,7 +329,8 @@ class LatencySearch:
                       "is kept for the report)")
 
     def _out_of_time(self) -> bool:
-        return bool(self.deadline) and time.time() > float(self.deadline) - RESERVE_SECONDS
+        return self.deadline is not None and \
+            time.time() > float(self.deadline) - RESERVE_SECONDS
 
     # -- the path --------------------------------------------------------------------
     def _options(self, current: Step) -> list[Option]:
@@ -382,10 +383,11 @@ class LatencySearch:
                     except Exception as error:  # noqa: BLE001 - that candidate is skipped
                         data.notes.append(f"step {len(self.path)}, {option.key}: not measured "
                                           f"({type(error).__name__}: {str(error)[:120]})")
-                judged = [o for o in options[:data.per_step] if o.loss is not None]
+                base = current.loss
+                judged = [(o, o.loss) for o in options[:data.per_step] if o.loss is not None]
                 if judged:
-                    best = min(judged, key=lambda o: ((o.loss - current.loss) / o.saving,
-                                                      -o.saving))
+                    best = min(judged, key=lambda pair: ((pair[1] - base) / pair[0].saving,
+                                                         -pair[0].saving))[0]
         fractions = {**current.fractions, best.key: best.fraction}
         self.path.append(Step(fractions, best.removal, best.estimate, best.key, best.metric,
                               best.loss, current.free_loss + best.free_loss))

@@ -206,7 +206,9 @@ class Meter:
             fn()  # warm (a fresh interpreter's first run allocates)
         pair = min(_once(before_fn) + _once(after_fn) for _ in range(2))
         pairs = max(MIN_PAIRS, min(MAX_PAIRS, int(ROUND_SECONDS / max(pair, 1e-6))))
-        ratios, befores, afters = [], [], []
+        ratios: list[float] = []
+        befores: list[float] = []
+        afters: list[float] = []
         while len(ratios) < MAX_ROUNDS:
             before, after = _round(before_fn, after_fn, pairs)
             ratios.append(after / max(before, 1e-9))
