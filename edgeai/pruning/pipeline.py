@@ -153,8 +153,13 @@ def compile_for_timing(engine: Engine, job: PruneJob, report: JobReport, models:
     if not compiles(engine, job):
         return False
     with step(report, "measure"):
-        for model in models:
-            engine.forward(model)(batch)
+        try:
+            for model in models:
+                engine.forward(model)(batch)
+        except Exception:  # noqa: BLE001 - timing is a measurement, not the job
+            for model in models:  # the checks run eagerly; the measure step says why
+                engine.release(model)
+            return False
     return True
 
 
