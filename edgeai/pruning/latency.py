@@ -323,10 +323,12 @@ class LatencySearch:
                           self.round_to).removal
         self.candidates.choose_mode(probe, steps, min(CANDIDATES, len(self.groups)))
         metric = getattr(self.accuracy.report, "metric", None) or "metric"
+        loss = "its mse" if metric == "mse" else \
+            f"the true class's log-probability, the smooth form of {metric}"
         self.guide = (f"your data: each step takes the group with the best latency saved per "
-                      f"{metric} lost, measured on {len(self.candidates.selection)} calibration "
-                      "samples that recovery does not fit (NetAdapt-style; the held-out fifth "
-                      "is kept for the report)")
+                      f"loss ({loss}) on {len(self.candidates.selection)} calibration samples "
+                      "that recovery does not fit (NetAdapt-style; the held-out fifth is kept "
+                      f"for the report); candidates judged after {self.candidates.mode}")
 
     def _out_of_time(self) -> bool:
         return self.deadline is not None and \
