@@ -417,9 +417,10 @@ class LatencySearch:
                                  f"{type(error).__name__}: {message}")
             return
         self.original_ms = timing.median_ms
-        if timing.median_ms < MIN_RELIABLE_MS:
+        # The low end of the median's interval: a busy machine only makes runs longer.
+        if timing.low_ms < MIN_RELIABLE_MS:
             self.unmeasurable = (
-                f"the original runs in {timing.median_ms:.3f} ms in {self.runtime} at batch "
+                f"the original runs in {timing.low_ms:.3f} ms in {self.runtime} at batch "
                 f"{self.batch}: under {MIN_RELIABLE_MS:g} ms, too short to time a pruned copy "
                 "reliably (a run's fixed overhead is a large share of it)")
 
@@ -549,7 +550,8 @@ class LatencySearch:
         measured = step.measured
         summary: dict[str, Any] = {
             "metric": "latency", "keep": self.budget, "runtime": self.runtime,
-            "batch": self.batch, "threads": self.threads, "original_ms": self.original_ms,
+            "batch": self.batch, "threads": self.threads,
+            "original_ms": measured.before_ms if measured is not None else self.original_ms,
             "guided_by": self.guide, "estimate": self.estimate.how,
             "step_size": self.step, "measurements": sum(1 for s in self.path if s.measured),
             "fractions": {k: v for k, v in step.fractions.items() if k in step.removal},

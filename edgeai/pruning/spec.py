@@ -342,8 +342,9 @@ def check_timing(values: dict[str, Any], measured: bool) -> None:
     latency = (values.get("target") or {}).get("metric") == "latency"
     given = [name for name in ("runtime", "threads") if values.get(name) is not None]
     if given and not (latency or measured):
-        raise ParameterError(f"{' and '.join(given)} say how to time the models, but this job "
-                             "times nothing: send target=latency:F, or measure=true.")
+        raise ParameterError(f"{' and '.join(given)} {'say' if len(given) > 1 else 'says'} how "
+                             "to time the models, but this job times nothing: send "
+                             "target=latency:F, or measure=true.")
 
 
 def check_analysis(values: dict[str, Any], files: set[str]) -> None:
@@ -356,8 +357,9 @@ def check_analysis(values: dict[str, Any], files: set[str]) -> None:
     given = [name for name in ("runtime", "threads", "batch_size")
              if values.get(name) is not None]
     if given and not latency:
-        raise ParameterError(f"{' and '.join(given)} say how to time the models; an analysis "
-                             "times them only for target=latency:F.")
+        raise ParameterError(f"{' and '.join(given)} {'say' if len(given) > 1 else 'says'} how "
+                             "to time the models; an analysis times them only for "
+                             "target=latency:F.")
 
 
 PLAN_FILE_HELP = ("Optional per-group plan instead of percent: JSON {group or layer name: "

@@ -171,7 +171,7 @@ def test_latency_targets_and_how_to_time_are_accepted(client, headers, query):
     ("tf_prune", "?target=latency:1.5", "latency:F with F the fraction of the original"),
     ("tf_prune", "?target=speed:0.5", "target must be params:F, macs:F or latency:F"),
     ("tf_prune", "?percent=0.4&measure=false&runtime=tflite",
-     "runtime say how to time the models, but this job times nothing"),
+     "runtime says how to time the models, but this job times nothing"),
     ("tf_prune", "?percent=0.4&target=latency:0.5", "Send one of percent, target or plan"),
 ])
 def test_bad_latency_parameters_are_refused_saying_what_is_allowed(client, headers, call, query,

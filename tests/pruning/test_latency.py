@@ -118,10 +118,10 @@ def test_a_latency_budget_is_searched_with_timings_in_torch(tmp_path):
     if target["met"]:  # every plan before the chosen one that was timed was too slow
         assert all(s["measured"]["ratio"] > 0.6 for s in timed
                    if s["step"] < target["chosen_step"])
-    # The measure step reuses the search's set-up and times the shipped model again.
+    # The measure step reuses the search's set-up and times both models again.
     rows = report["speed"]["latencies"]
     assert [(r["runtime"], r["batch"]) for r in rows] == [("torch", 1)]
-    assert rows[0]["before_ms"] == target["original_ms"]
+    assert rows[0]["before_ms"] > 0 and rows[0]["after_ms"] > 0
 
 
 def test_an_unreachable_budget_returns_the_fastest_plan_and_says_so(tmp_path):
