@@ -290,6 +290,9 @@ def summary(status: Mapping[str, Any], output: Path, seconds: float) -> str:
         if isinstance(before, (int, float)) and isinstance(after, (int, float)) and before:
             parts.append(f"{label} {before:,.0f} -> {after:,.0f} ({after / before - 1:+.0%})")
     head = f"done in {seconds:.1f} s" + (": " + ", ".join(parts) if parts else "")
+    target = report.get("target") or {}
+    if target.get("metric") == "latency" and target.get("detail"):
+        head += f"\nlatency target {target.get('keep')}: {target['detail']}"
     link = status.get("report_url")
     return f"{head}\nwrote {output}" + (f"\nreport: {link}" if link else "")
 
