@@ -120,7 +120,8 @@ class Accuracy:
         the engine can, the other order too (statistics measured first, the layers
         refit to them), and the better of the two on those samples."""
         fit, check = self.recovery_split()
-        measured = self.engine.copy(pruned)
+        offered = type(self.engine).refit_measured is not Engine.refit_measured
+        measured = self.engine.copy(pruned) if offered else None
         summary: dict = self.engine.refit(pruned, loaded, analysis, plan, fit, check)
         reference = [self.engine.run_batch(loaded.model, x) for x, _ in check.chunks()]
         candidate = self.engine.copy(pruned)
@@ -130,9 +131,8 @@ class Accuracy:
             pruned, summary["batchnorm"] = candidate, count
         else:
             summary["batchnorm"], summary["batchnorm_rejected"] = 0, count
-        if count:
-            first = self.engine.refit(measured, loaded, analysis, plan, fit, check,
-                                      measured_statistics=True)
+        if count and measured is not None:
+            first = self.engine.refit_measured(measured, loaded, analysis, plan, fit, check)
             if first is not None and self._score(measured, check, reference) > \
                     self._score(pruned, check, reference):
                 return measured, {**first, "batchnorm": count, "statistics_first": True}

@@ -122,17 +122,19 @@ class Engine(ABC):
         raise PruningError("this engine cannot copy a model")
 
     def refit(self, pruned: Any, loaded: Loaded, analysis: Analysis, plan: Plan, fit: Any,
-              check: Any, measured_statistics: bool = False) -> dict[str, list[str]] | None:
+              check: Any) -> dict[str, list[str]]:
         """Least-squares refit, in place, of the layers of ``pruned`` that lost input
         channels, from ``fit`` data; a layer keeps its refit only where it lowers its
         error against the original's on ``check``. ``loaded`` is the unmasked original.
-        ``measured_statistics``: measure BatchNorm statistics on ``fit`` first (of
-        ``pruned``, and of a copy of the original for the targets) and after each refit;
-        an engine that cannot returns None. Returns ``{"refit": [...],
-        "refit_rejected": [...]}``."""
-        if measured_statistics:
-            return None
+        Returns ``{"refit": [...], "refit_rejected": [...]}``."""
         return {"refit": [], "refit_rejected": []}
+
+    def refit_measured(self, pruned: Any, loaded: Loaded, analysis: Analysis, plan: Plan,
+                       fit: Any, check: Any) -> dict[str, list[str]] | None:
+        """:meth:`refit` in the other order: BatchNorm statistics measured on ``fit``
+        first (of ``pruned``, and of a copy of the original for the targets), and again
+        after each layer's refit; None from an engine that does not offer it."""
+        return None
 
     def reestimate(self, model: Any, data: Any) -> int:
         """Recompute, in place, the BatchNorm statistics of ``model`` on ``data``;

@@ -137,11 +137,7 @@ class KerasPruner(Engine):
         return clone
 
     def refit(self, pruned: Any, loaded: Loaded, analysis: Analysis, plan: Plan, fit: Data,
-              check: Data, measured_statistics: bool = False) -> dict[str, list[str]] | None:
-        """The refit of :mod:`.recovery`; its BatchNorm re-estimation runs after it (the
-        order with ``measured_statistics`` is the torch engine's alone: None)."""
-        if measured_statistics:
-            return None
+              check: Data) -> dict[str, list[str]]:
         from edgeai.pruning.keras_engine import recovery
 
         return recovery.refit_layers(pruned, loaded.model,

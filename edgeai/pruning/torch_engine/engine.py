@@ -222,12 +222,19 @@ class TorchPruner(Engine):
         return copy.deepcopy(model)
 
     def refit(self, pruned: Any, loaded: Loaded, analysis: Analysis, plan: Plan, fit: Data,
-              check: Data, measured_statistics: bool = False) -> dict[str, list[str]] | None:
+              check: Data) -> dict[str, list[str]]:
+        from edgeai.pruning.torch_engine import recovery
+
+        kept = recovery.kept_channels(loaded.model, loaded.extra.example, plan)
+        return recovery.refit_layers(pruned, loaded.model, kept, fit, check)
+
+    def refit_measured(self, pruned: Any, loaded: Loaded, analysis: Analysis, plan: Plan,
+                       fit: Data, check: Data) -> dict[str, list[str]]:
         from edgeai.pruning.torch_engine import recovery
 
         kept = recovery.kept_channels(loaded.model, loaded.extra.example, plan)
         return recovery.refit_layers(pruned, loaded.model, kept, fit, check,
-                                     measured_statistics)
+                                     measured_statistics=True)
 
     def reestimate(self, model: Any, data: Data) -> int:
         from edgeai.pruning.torch_engine import recovery
