@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -211,15 +212,23 @@ class Row:
 
 
 def rows(folder: Path) -> list[dict]:
+    """Every model's row (progress on stderr: a row takes minutes)."""
     results = []
     for name in KERAS_MODELS:
+        print(f"bench.latency: {name}: training the task", file=sys.stderr, flush=True)
         path, data, accuracy = keras_task(name, folder)
+        print(f"bench.latency: {name}: accuracy {accuracy:.3f}, searching", file=sys.stderr,
+              flush=True)
         results.append(Row(name, "tensorflow", {"model": str(path), "dataset": str(data)}, {},
                            accuracy, folder).measure())
+        print(f"bench.latency: {results[-1]}", file=sys.stderr, flush=True)
+    print("bench.latency: ResNet-18 style (torch): training the task", file=sys.stderr,
+          flush=True)
     inputs, accuracy = torch_task(folder)
     results.append(Row("ResNet-18 style (torch)", "pytorch", inputs,
                        {"input_size": [3, SIDE, SIDE], "model_name": "Net"}, accuracy,
                        folder).measure())
+    print(f"bench.latency: {results[-1]}", file=sys.stderr, flush=True)
     return results
 
 
