@@ -507,7 +507,9 @@ class LatencySearch:
         report. The search never ships worse than uniform on your samples."""
         data = self.candidates
         step = self.path[chosen]
-        assert data is not None and step.loss is not None
+        assert data is not None
+        if step.loss is None:  # chosen data-free (the judging time was spent): judge it now
+            step.metric, step.loss = data(step.removal)
         low, high = 0.0, MAX_FRACTION
         for _ in range(12):  # the smallest uniform percent whose estimate is the plan's
             middle = (low + high) / 2
