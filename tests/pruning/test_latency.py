@@ -286,3 +286,20 @@ def test_an_engine_without_cost_terms_is_guided_by_real_rewrites(tmp_path):
     assert target["estimate"] == "MACs of each rewritten plan"
     assert target["reached"] <= 0.5 and report["macs_ratio"] == pytest.approx(
         target["steps"][target["chosen_step"]]["estimate"], abs=1e-3)
+
+
+@pytest.mark.parametrize("n, low, high",
+                         [(1, 1, 1), (5, 1, 5), (8, 2, 7), (11, 3, 9), (30, 11, 20)])
+def test_the_median_interval_is_the_order_statistics_that_hold_it_90_percent(n, low, high):
+    """[x_(j), x_(n+1-j)] holds the median with probability 1 - 2 P(Binomial(n, 1/2) < j):
+    the widest j for which that is at least 90% (or the extremes when none is)."""
+    from math import comb
+
+    from edgeai.pruning.speed import median_interval
+
+    values = [float(v) for v in range(n, 0, -1)]  # any order
+    assert median_interval(values) == (low, high)
+    if n >= 5:
+        coverage = 1 - 2 * sum(comb(n, i) for i in range(low)) / 2 ** n
+        tighter = 1 - 2 * sum(comb(n, i) for i in range(low + 1)) / 2 ** n
+        assert coverage >= 0.9 and (tighter < 0.9 or low + 1 > n - low)
