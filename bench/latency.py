@@ -14,7 +14,8 @@ same re-timed latency (its percent bisected with the same timing), pruned by a j
 the same data, and its held-out metric. Goals: re-timed <= 0.55; the search's metric at
 least uniform's. Then the PyTorch digits recovery figure (goal: within 2 points).
 
-``.venv/bin/python -m bench.latency`` prints the table on its own (tens of minutes).
+``.venv/bin/python -m bench.latency [ResNet50 MobileNetV2 EfficientNetB0 torch]`` prints
+the table on its own, for the rows named (default all; about an hour on two cores).
 """
 from __future__ import annotations
 
@@ -140,7 +141,7 @@ class Row:
         self.runtime = "tflite" if framework == "tensorflow" else "onnxruntime"
         self.engine = self._engine()
         job = self.job(0.0, {})
-        self.loaded = self.engine.load(job, folder)
+        self.loaded = self.engine.load(job, Path(job.output_dir).parent)
         self.analysis = self.engine.analyse(self.loaded)
         self.original = self.runner(self.loaded.model)
 
@@ -211,10 +212,16 @@ class Row:
                 "seconds": time.perf_counter() - started}
 
 
-def rows(folder: Path) -> list[dict]:
-    """Every model's row (progress on stderr: a row takes minutes)."""
+TORCH_ROW = "ResNet-18 style (torch)"
+
+
+def rows(folder: Path, only: tuple[str, ...] = ()) -> list[dict]:
+    """Every model's row, or those named in ``only`` ("torch" for the torch one); progress
+    on stderr: a row takes minutes."""
     results = []
     for name in KERAS_MODELS:
+        if only and name not in only:
+            continue
         print(f"bench.latency: {name}: training the task", file=sys.stderr, flush=True)
         path, data, accuracy = keras_task(name, folder)
         print(f"bench.latency: {name}: accuracy {accuracy:.3f}, searching", file=sys.stderr,
@@ -222,10 +229,11 @@ def rows(folder: Path) -> list[dict]:
         results.append(Row(name, "tensorflow", {"model": str(path), "dataset": str(data)}, {},
                            accuracy, folder).measure())
         print(f"bench.latency: {results[-1]}", file=sys.stderr, flush=True)
-    print("bench.latency: ResNet-18 style (torch): training the task", file=sys.stderr,
-          flush=True)
+    if only and "torch" not in only:
+        return results
+    print(f"bench.latency: {TORCH_ROW}: training the task", file=sys.stderr, flush=True)
     inputs, accuracy = torch_task(folder)
-    results.append(Row("ResNet-18 style (torch)", "pytorch", inputs,
+    results.append(Row(TORCH_ROW, "pytorch", inputs,
                        {"input_size": [3, SIDE, SIDE], "model_name": "Net"}, accuracy,
                        folder).measure())
     print(f"bench.latency: {results[-1]}", file=sys.stderr, flush=True)
@@ -264,9 +272,10 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
+def main(only: tuple[str, ...] = ()) -> int:
+    """Print the table (``only``: some rows, e.g. ``("MobileNetV2", "torch")``)."""
     with tempfile.TemporaryDirectory(prefix="edgeai-bench-latency-") as tmp:
-        results = rows(Path(tmp))
+        results = rows(Path(tmp), only)
         (Path(tmp) / "digits").mkdir()
         recovery = digits_recovery(Path(tmp) / "digits")
     print()
@@ -282,4 +291,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(tuple(sys.argv[1:])))
