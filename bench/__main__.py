@@ -1,8 +1,8 @@
 """``make bench``: the service's speed and memory, measured on a real gunicorn.
 
 Prints one table. Figures:
-- the guide's mnist_base.h5: submit-to-done with warm spares, and the same with
-  a cold child per job (the difference is process start and framework import);
+- the guide's mnist_base.h5: submit-to-done with zygotes, and the same with
+  a fresh interpreter per job (the difference is process start and framework import);
 - ResNet50 (weights=None, 96x96x3, 10 classes) at 0.4: submit-to-done over the
   floor for the same file in one warm process (load + rebuild + save);
 - the Keras engine's graph analysis + rewrite time over load + save, the verify
@@ -13,6 +13,9 @@ Prints one table. Figures:
 - the sandbox's cost: a child's start to ready with every layer and with none,
   the confinement step measured inside the child, and a cold-child job with and
   without the layers.
+Then the tables of bench.deploy, bench.accuracy, bench.latency (target=latency:0.5
+re-timed, against uniform pruning at the same latency) and bench.jobs (the job, not
+the process: first job after start, jobs per minute, a hostile neighbour).
 """
 from __future__ import annotations
 
@@ -217,7 +220,7 @@ def resnet_rows(resnet_time: float, floor: float, report: dict,
     speed = extras.get("speed") or {}
     rows.append(("  new step: tflite export + check", f"{export.get('seconds') or 0:.2f} s",
                  f"passed {export.get('passed')}, {(export.get('size') or 0) / 2**20:.1f} MB"))
-    rows.append(("  new step: latency, keras + tflite (measure=true)",
+    rows.append(("  new step: latency where it runs, tflite (measure=true)",
                  f"{speed.get('seconds') or 0:.2f} s", "; ".join(
                      f"{row['runtime']} {row['before_ms']:.1f} -> {row['after_ms']:.1f} ms"
                      for row in speed.get("latencies", []))))
@@ -281,12 +284,12 @@ def main() -> int:
     warm_m = statistics.median(t for t, _ in warm_mnist)
     cold_m = statistics.median(t for t, _ in cold_mnist)
     sandbox = warm_mnist[-1][1]["report"].get("sandbox", {})
-    rows.append(("mnist_base.h5 @0.4, submit-to-done (warm spare)", f"{warm_m:.2f} s",
+    rows.append(("mnist_base.h5 @0.4, submit-to-done (zygote)", f"{warm_m:.2f} s",
                  f"job {sandbox.get('job_seconds', '?')} s in the child"))
     rows.append(("mnist_base.h5 @0.4, submit-to-done (cold child)", f"{cold_m:.2f} s",
                  f"start + import = {cold_m - warm_m:.2f} s of it"))
     rows.append(("  TF child warm-up (import, measured in the child)",
-                 f"{sandbox.get('warm_up_seconds', '?')} s", "hidden by the warm spare"))
+                 f"{sandbox.get('warm_up_seconds', '?')} s", "paid once, by the zygote"))
     pt_m = statistics.median(t for t, _ in pt_runs)
     rows.append(("guide Net (PyTorch) @0.5, submit-to-done", f"{pt_m:.2f} s",
                  f"job {pt_runs[-1][1]['report'].get('sandbox', {}).get('job_seconds', '?')} s"))
@@ -303,9 +306,9 @@ def main() -> int:
     print(f"{'-' * width}  {'-' * 16}  {'-' * 40}")
     for name, value, note in rows:
         print(f"{name.ljust(width)}  {value:>16}  {note}")
-    from bench import accuracy, deploy
+    from bench import accuracy, deploy, jobs, latency
 
-    return deploy.main([]) or accuracy.main()
+    return deploy.main([]) or accuracy.main() or latency.main() or jobs.main()
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ examples:
   edgeai prune mnist_base.h5 --target macs:0.5 --server http://127.0.0.1:5000 --json
   edgeai prune net.pt2 -p 0.5 --round-to 8 --format onnx
   edgeai prune net.onnx -p 0.5 --round-to 8 --server http://127.0.0.1:5000
+  edgeai prune resnet.keras --target latency:0.5 --format tflite --threads 1 --dataset d.npz
   edgeai prune --weights mnist_cnn.pth --class-def model.py --model-name Net \\
                --input-size 1,28,28 -p 0.5 --omit fc1,fc2
 
@@ -70,7 +71,8 @@ def add_prune_parser(groups: Any) -> None:
     how = prune.add_argument_group("how much to prune (one of)")
     how.add_argument("-p", "--percent", help="fraction of every group's channels to remove, "
                      "in [0, 1): 0.4 removes 40%%")
-    how.add_argument("--target", help="keep this fraction of params or MACs, e.g. macs:0.5")
+    how.add_argument("--target", help="keep this fraction of params, MACs or measured latency, "
+                     "e.g. macs:0.5 or latency:0.5")
     how.add_argument("--plan", type=Path, help="per-group plan .json (from an analysis)")
     what = prune.add_argument_group("what to write and keep")
     what.add_argument("-o", "--output", type=Path,
@@ -85,6 +87,10 @@ def add_prune_parser(groups: Any) -> None:
     what.add_argument("--round-to", help="every group keeps a multiple of this many channels")
     what.add_argument("--dataset", type=Path, help="data to measure, recover and fine-tune on")
     what.add_argument("--finetune-epochs", help="epochs of fine-tuning on --dataset")
+    what.add_argument("--runtime", help="where to time (a latency target, the report's speed): "
+                      "keras, tflite, onnxruntime (Keras); torch, onnxruntime (PyTorch); "
+                      "default: the --format's runtime, else the framework's")
+    what.add_argument("--threads", help="threads to time with, as your device runs the model")
     what.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                       help="any other parameter the server accepts, e.g. measure=false, "
                            "batch_size=8, recover=false (repeatable)")
@@ -129,7 +135,8 @@ def request_from(args: argparse.Namespace) -> tuple[str, dict[str, Path], dict[s
             raise UsageError(f"no such file: {path}")
     raw = {"percent": args.percent, "ommitted": args.omit, "round_to": args.round_to,
            "target": args.target, "finetune_epochs": args.finetune_epochs,
-           "model_name": args.model_name, "input_size": args.input_size}
+           "model_name": args.model_name, "input_size": args.input_size,
+           "runtime": args.runtime, "threads": args.threads}
     for item in args.param:
         name, equals, value = item.partition("=")
         if not equals or not name:
@@ -317,6 +324,9 @@ def summary(status: Mapping[str, Any], output: Path, seconds: float) -> str:
         if isinstance(before, (int, float)) and isinstance(after, (int, float)) and before:
             parts.append(f"{label} {before:,.0f} -> {after:,.0f} ({after / before - 1:+.0%})")
     head = f"done in {seconds:.1f} s" + (": " + ", ".join(parts) if parts else "")
+    target = report.get("target") or {}
+    if target.get("metric") == "latency" and target.get("detail"):
+        head += f"\nlatency target {target.get('keep')}: {target['detail']}"
     link = status.get("report_url")
     from edgeai.client import terminal_text
 

@@ -81,3 +81,16 @@ def test_the_help_documents_exit_codes_and_where_the_key_comes_from(tmp_path):
     for text in ("exit codes:", "3    the server is unreachable", "EDGEAI_CLIENT_SECRET",
                  "config.json", "--weights", "--format", "--server"):
         assert text in run.stdout
+
+
+def test_the_summary_says_what_a_latency_target_reached(tmp_path):
+    from edgeai.prune_command import summary
+
+    status = {"report": {"params_before": 100, "params_after": 40, "target": {
+        "metric": "latency", "keep": 0.5, "detail": "met: 0.480 of the original's latency in "
+        "tflite (90% interval 0.470-0.490 over 5 interleaved rounds)"}}}
+    lines = summary(status, tmp_path / "m.keras", 3.0).splitlines()
+    assert lines[0] == "done in 3.0 s: params 100 -> 40 (-60%)"
+    assert lines[1].startswith("latency target 0.5: met: 0.480 of the original's latency")
+    plain = summary({"report": {"target": {"metric": "macs", "keep": 0.5}}}, tmp_path, 1.0)
+    assert "latency" not in plain

@@ -106,11 +106,22 @@ class Accuracy:
         self.measure(pruned, "after_recovery")
         return pruned
 
+    def recovery_split(self) -> tuple[Data, Data]:
+        """(fit, check): the calibration samples recovery fits on, and those it only
+        checks its steps on (a search may choose on these: nothing is fitted to them,
+        and the held-out fifth stays untouched for the report)."""
+        assert self.calibration is not None
+        return self.calibration.split(0.25, seed=1)
+
     def _recover(self, pruned: Any, loaded: Loaded, analysis: Analysis, plan: Plan,
                  ) -> tuple[Any, dict]:
         """Refit, then BatchNorm re-estimation; each step kept only where it brings the
-        outputs closer to the original's on calibration samples it did not use."""
-        fit, check = self.calibration.split(0.25, seed=1)
+        outputs closer to the original's on calibration samples it did not use. Where
+        the engine can, the other order too (statistics measured first, the layers
+        refit to them), and the better of the two on those samples."""
+        fit, check = self.recovery_split()
+        offered = type(self.engine).refit_measured is not Engine.refit_measured
+        measured = self.engine.copy(pruned) if offered else None
         summary: dict = self.engine.refit(pruned, loaded, analysis, plan, fit, check)
         reference = [self.engine.run_batch(loaded.model, x) for x, _ in check.chunks()]
         candidate = self.engine.copy(pruned)
@@ -120,6 +131,11 @@ class Accuracy:
             pruned, summary["batchnorm"] = candidate, count
         else:
             summary["batchnorm"], summary["batchnorm_rejected"] = 0, count
+        if count and measured is not None:
+            first = self.engine.refit_measured(measured, loaded, analysis, plan, fit, check)
+            if first is not None and self._score(measured, check, reference) > \
+                    self._score(pruned, check, reference):
+                return measured, {**first, "batchnorm": count, "statistics_first": True}
         return pruned, summary
 
     def _score(self, model: Any, data: Data, reference: list[list[Any]]) -> tuple[float, float]:

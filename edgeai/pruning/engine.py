@@ -10,7 +10,7 @@ import numpy as np
 from edgeai.pruning.base import PruneJob, PruneResult, PruningError
 from edgeai.pruning.report import JobReport
 from edgeai.pruning.spec import EngineSpec
-from edgeai.pruning.structure import Analysis, Loaded, Plan
+from edgeai.pruning.structure import Analysis, LayerCost, Loaded, Plan
 
 
 class Engine(ABC):
@@ -136,6 +136,13 @@ class Engine(ABC):
         Returns ``{"refit": [...], "refit_rejected": [...]}``."""
         return {"refit": [], "refit_rejected": []}
 
+    def refit_measured(self, pruned: Any, loaded: Loaded, analysis: Analysis, plan: Plan,
+                       fit: Any, check: Any) -> dict[str, list[str]] | None:
+        """:meth:`refit` in the other order: BatchNorm statistics measured on ``fit``
+        first (of ``pruned``, and of a copy of the original for the targets), and again
+        after each layer's refit; None from an engine that does not offer it."""
+        return None
+
     def reestimate(self, model: Any, data: Any) -> int:
         """Recompute, in place, the BatchNorm statistics of ``model`` on ``data``;
         return how many layers."""
@@ -161,10 +168,19 @@ class Engine(ABC):
         """The runtime an export format runs in (for the report)."""
         return fmt
 
+    # The runtimes this engine can time a model in, its framework's own first.
+    timing_runtimes: ClassVar[tuple[str, ...]] = ()
+
     def runtimes(self, job: PruneJob) -> list[str]:
-        """The runtimes to time the models in: the framework's own, and those of the
-        deploy formats the job asked for."""
-        return []
+        """The runtimes to time the models in: the one asked for (``runtime=``), else
+        those of the deploy formats asked for (where the model will run), else the
+        framework's own."""
+        if job.options.get("runtime"):
+            return [job.options["runtime"]]
+        formats = job.options.get("formats") or ()
+        deploy = [runtime for runtime, fmt in self.runtime_formats().items()
+                  if any(name.split("-")[0] == fmt for name in formats)]
+        return deploy or list(self.timing_runtimes[:1])
 
     def timer(self, model: Any, runtime: str, batch: int, loaded: Loaded, threads: int,
               path: str | None = None) -> Any:
@@ -176,6 +192,26 @@ class Engine(ABC):
     def runtime_formats(self) -> dict[str, str]:
         """For each timing runtime with a file format, that format (``{"tflite": "tflite"}``)."""
         return {}
+
+    # Whether :meth:`forward` compiles (the framework's runtime is not eager).
+    compiles: ClassVar[bool] = False
+
+    def forward(self, model: Any) -> Any:
+        """A compiled function of ``model``: batch -> outputs as :meth:`run_batch` gives
+        them, set up once per model and kept (for the few models a job keeps: the
+        verify step and the timing then share one compilation); None where the
+        framework runs eagerly anyway."""
+        return None
+
+    def release(self, model: Any) -> None:  # noqa: B027 - optional hook, a no-op by default
+        """Forget what :meth:`forward` kept for ``model``."""
+
+    def cost_terms(self, loaded: Loaded, analysis: Analysis) -> list[LayerCost] | None:
+        """Every layer's share of a forward pass (MACs, output elements) and which
+        channel groups its input and output channels come from, for the latency
+        estimate (:mod:`.latency`); None: the estimate then counts the MACs of real
+        rewrites (slower, the same for every engine)."""
+        return None
 
     def primary_input(self, job: PruneJob) -> str:
         """The uploaded file whose size the report gives as the size before."""

@@ -116,3 +116,36 @@ def evaluate(run: Callable[[object], list[np.ndarray]], data: Data,
         raise NotMeasured("the dataset is empty")
     value = squared / total if kind == MSE else hits / total
     return kind, round(float(value), 6)
+
+
+def _probabilities(output: np.ndarray, axis: int) -> np.ndarray:
+    """Class scores as probabilities along ``axis`` (a softmax unless they already are)."""
+    output = output.astype(np.float64)
+    if np.all(output >= 0) and np.allclose(output.sum(axis=axis), 1.0, atol=1e-3):
+        return output
+    shifted = np.exp(output - output.max(axis=axis, keepdims=True))
+    return shifted / shifted.sum(axis=axis, keepdims=True)
+
+
+def evaluate_smooth(run: Callable[[object], list[np.ndarray]], data: Data,
+                    channel_axis: int) -> tuple[str, float, float]:
+    """(metric name, value, smooth loss) of the model behind ``run`` on ``data``: the
+    loss is the mean negative log-probability of the true class for the accuracies (it
+    moves with every sample's confidence, where an accuracy on a few samples moves in
+    steps), the value itself for mse. Raises NotMeasured as :func:`evaluate` does."""
+    outputs = [run(x) for x, _ in data.chunks()]
+    replay = iter(outputs)
+    kind, value = evaluate(lambda _x: next(replay), data, channel_axis)
+    if kind == MSE:
+        return kind, value, value
+    total = count = 0.0
+    for (_, y), output in zip(data.chunks(), outputs, strict=True):
+        scores = output[0]
+        axis = channel_axis % scores.ndim if kind == ELEMENT_ACCURACY else 1
+        probabilities = _probabilities(scores, axis)
+        truth = _classes(y if not np.issubdtype(y.dtype, np.floating) or y.ndim == scores.ndim
+                         else y.astype(np.int64), scores.ndim, axis)
+        picked = np.take_along_axis(probabilities, np.expand_dims(truth, axis), axis=axis)
+        total += float(-np.log(np.clip(picked, 1e-12, 1.0)).sum())
+        count += picked.size
+    return kind, value, round(total / max(count, 1.0), 6)

@@ -1,7 +1,8 @@
 """One pruning pipeline for every job, whatever the framework.
 
     load -> check the omitted names -> measure -> analyse (channel groups) -> plan
-    (a percent, or the percent a cost target needs) -> rewrite -> verify exactness
+    (a percent, the percent a cost target needs, or the per-group plan a latency
+    budget needs, timed in the runtime the model will run in) -> rewrite -> verify exactness
     -> save -> verify the round trip -> export the deploy formats asked for (each
     checked in its runtime) -> time the models -> report
 
@@ -25,6 +26,7 @@ from edgeai.pruning import progress
 from edgeai.pruning.accuracy import Accuracy
 from edgeai.pruning.base import PruneJob, PruneResult, PruningError
 from edgeai.pruning.engine import Engine
+from edgeai.pruning.latency import search_latency
 from edgeai.pruning.plan import (
     check_omitted,
     drop_failed,
@@ -38,7 +40,7 @@ from edgeai.pruning.plan import (
 )
 from edgeai.pruning.report import JobReport
 from edgeai.pruning.sensitivity import analyse_job
-from edgeai.pruning.speed import measure_speed
+from edgeai.pruning.speed import Meter, measure_speed
 from edgeai.pruning.structure import Analysis, ChannelGroup, LayerInfo, Loaded, Plan
 from edgeai.pruning.verify import (
     SEED,
@@ -63,17 +65,19 @@ def step(report: JobReport, name: str) -> Iterator[None]:
     tracker.leave()
 
 
-def planned_steps(job: PruneJob) -> int:
-    """How many :func:`step` blocks :func:`run` passes through for ``job``: the
-    progress fraction's denominator. (With a dataset too small to measure on, the
-    evaluation steps are skipped and the fraction jumps; it never goes back.)"""
+def planned_steps(job: PruneJob, engine: Engine | None = None) -> int:
+    """How many :func:`step` blocks :func:`run` passes through for ``job`` (with
+    ``engine``: its compilation ahead of the checks counted): the progress fraction's
+    denominator. (With a dataset too small to measure on, the evaluation steps are
+    skipped and the fraction jumps; it never goes back.)"""
     data = "dataset" in job.inputs
     if job.options.get("task") == "analyze":
         return 3 + data  # load, (evaluate,) analyse, rewrite
     epochs = int(job.options.get("finetune_epochs") or 0)
+    measure = bool(job.options.get("measure", True))
     return (6  # load, analyse, rewrite, verify, save, verify the round trip
             + 2 * data + (data and epochs > 0)  # evaluate before, after (+ recovery)
-            + bool(job.options.get("formats")) + bool(job.options.get("measure", True)))
+            + bool(job.options.get("formats")) + measure + compiles(engine, job))
 
 
 def run(engine: Engine, job: PruneJob) -> PruneResult:
@@ -81,7 +85,7 @@ def run(engine: Engine, job: PruneJob) -> PruneResult:
     report = JobReport(framework=engine.spec.name, percent=job.percent,
                        round_to=int(job.options.get("round_to") or 1),
                        brings_code=engine.untrusted_code(job))
-    progress.current().plan(planned_steps(job))
+    progress.current().plan(planned_steps(job, engine))
     with step(report, "load"):
         loaded = engine.load(job, Path(job.output_dir).parent)
         check_omitted(job.omitted, engine.layer_names(loaded), engine.channel_layers(loaded),
@@ -96,20 +100,24 @@ def run(engine: Engine, job: PruneJob) -> PruneResult:
         analysis = engine.analyse(loaded)
     if job.options.get("task") == "analyze":
         return analyse(engine, loaded, analysis, job, report, accuracy)
-    plan, pruned = choose(engine, loaded, analysis, job, report)
+    meters: dict[tuple[str, int], Meter] = {}
+    plan, pruned = choose(engine, loaded, analysis, job, report, accuracy, meters)
     report.layers = layer_changes(analysis, plan, engine.widths(pruned))
     rounding_hints(report.layers, report.round_to, report.warnings)
     final = evaluate_and_recover(engine, accuracy, pruned, loaded, analysis, plan, job, report)
+    batch = engine.example_batch(loaded, SEED)
+    compiled = compile_for_timing(engine, job, report, (final, loaded.model), batch)
     with step(report, "verify"):
-        batch = engine.example_batch(loaded, SEED)
-        expected = outputs(engine, pruned, batch, "The pruned model")
+        expected = outputs(engine, pruned, batch, "The pruned model",
+                           compiled and final is pruned)
         report.verification.exactness = verify_exactness(engine, loaded, analysis, plan,
-                                                         pruned, batch, expected)
+                                                         pruned, batch, expected, compiled)
     if accuracy.active and int(job.options.get("finetune_epochs") or 0) > 0:
         with step(report, "finetune"):
             final = accuracy.finetune(final, job)
     if final is not pruned:
-        pruned, expected = final, outputs(engine, final, batch, "The recovered model")
+        engine.release(pruned)
+        pruned, expected = final, outputs(engine, final, batch, "The recovered model", compiled)
     report.evaluation = accuracy.finish()
     _legacy_accuracy(report)
     report.params_after, report.macs_after = engine.measure(pruned, loaded)
@@ -125,9 +133,35 @@ def run(engine: Engine, job: PruneJob) -> PruneResult:
         with step(report, "measure"):
             # The original is masked by now: the same architecture, so the same speed.
             report.speed = measure_speed(engine, loaded, loaded.model, pruned, job,
-                                         report.artifacts)
+                                         report.artifacts, meters)
     return PruneResult(artifact=report.artifacts["model"] or "",
                        message=engine.summary(pruned, loaded, job), report=report.to_dict())
+
+
+def compiles(engine: Engine | None, job: PruneJob) -> bool:
+    """Whether the job compiles its models for the measure step ahead of the checks
+    (:func:`compile_for_timing`)."""
+    return engine is not None and engine.compiles and bool(job.options.get("measure", True)) \
+        and engine.timing_runtimes[:1] == tuple(engine.runtimes(job))[:1]
+
+
+def compile_for_timing(engine: Engine, job: PruneJob, report: JobReport, models: tuple,
+                       batch: Any) -> bool:
+    """When the models will be timed in the framework's own compiled runtime (the
+    measure step), compile them now, as part of that step: the checks then run the same
+    compiled functions instead of slower eager calls (the original's reads the masked
+    weights in place), and each model is compiled once. Returns whether it did."""
+    if not compiles(engine, job):
+        return False
+    with step(report, "measure"):
+        try:
+            for model in models:
+                engine.forward(model)(batch)
+        except Exception:  # noqa: BLE001 - timing is a measurement, not the job
+            for model in models:  # the checks run eagerly; the measure step says why
+                engine.release(model)
+            return False
+    return True
 
 
 def evaluate_and_recover(engine: Engine, accuracy: Accuracy, pruned: Any, loaded: Loaded,
@@ -157,12 +191,22 @@ def _legacy_accuracy(report: JobReport) -> None:
 
 
 def choose(engine: Engine, loaded: Loaded, analysis: Analysis, job: PruneJob,
-           report: JobReport) -> tuple[Plan, Any]:
-    """The plan and the pruned model: for ``percent``, or for the percent that meets
-    the job's cost ``target`` (searched with real rewrites, so the figure reached is
-    the shipped model's own)."""
+           report: JobReport, accuracy: Accuracy | None = None,
+           meters: dict[tuple[str, int], Meter] | None = None) -> tuple[Plan, Any]:
+    """The plan and the pruned model: for ``percent``, for the percent that meets the
+    job's cost ``target`` (searched with real rewrites, so the figure reached is the
+    shipped model's own), or for its latency target (:mod:`.latency`, timed; its meter
+    is added to ``meters`` for the measure step to reuse)."""
     round_to = report.round_to
     target = job.options.get("target")
+    if target and target["metric"] == "latency":
+        with step(report, "rewrite"):
+            plan, pruned, search = search_latency(engine, loaded, analysis, job, report,
+                                                  accuracy)
+            ensure_prunable(analysis, plan, 1.0)
+        if meters is not None:
+            meters[(search.runtime, search.batch)] = search.meter
+        return plan, pruned
     ratios = read_plan(job, analysis, engine) if "plan" in job.inputs else None
     report.plan = ratios
     rewrites: dict[float, tuple[Plan, Any]] = {}
@@ -233,6 +277,16 @@ def analyse(engine: Engine, loaded: Loaded, analysis: Analysis, job: PruneJob,
     report.evaluation = accuracy.finish()
     report.artifacts = {"model": artifact, "plan": artifact}
     result = report.sensitivity or {}
+    if result.get("latency"):
+        target = report.target or {}
+        lines = [f"Latency search for {result.get('target')} in {target.get('runtime')}: "
+                 f"{target.get('detail')}",
+                 f"Guided by {target.get('guided_by')}.",
+                 f"Recommended plan: {json.dumps(result.get('plan'))}",
+                 f"  on the held-out fifth after recovery: {result.get('plan_result')}",
+                 f"Uniform at the same latency: {result.get('uniform')}"]
+        return PruneResult(artifact=artifact, message="\n".join(lines),
+                           report=report.to_dict())
     lines = [f"Sensitivity of {len(result.get('groups', []))} channel groups on "
              f"{accuracy.report.samples if accuracy.report else 0} held-out samples "
              f"({result.get('metric')}; the original: {result.get('baseline')}).",

@@ -69,7 +69,7 @@ def make_plan(analysis: Analysis, percent: float, omitted: tuple[str, ...], sepa
         plan.status[layer.name] = layer.fixed or (LayerStatus.UNCHANGED, None)
     for group in analysis.groups:
         share = percent if ratios is None else ratios.get(group.key, 0.0)
-        verdict = _group_verdict(group, share, omitted, separator, round_to)
+        verdict = group_verdict(group, share, omitted, separator, round_to)
         if isinstance(verdict, tuple):
             for member in group.members:
                 if plan.status.get(member, (LayerStatus.UNCHANGED,))[0] == LayerStatus.UNCHANGED:
@@ -92,7 +92,7 @@ def kept_per_block(per_block: int, blocks: int, percent: float, round_to: int) -
     return min(kept, per_block)
 
 
-def _group_verdict(group: ChannelGroup, percent: float, omitted: tuple[str, ...],
+def group_verdict(group: ChannelGroup, percent: float, omitted: tuple[str, ...],
                    separator: str, round_to: int,
                    ) -> list[int] | tuple[LayerStatus, str | None]:
     """The channels ``group`` loses, or the status that keeps it whole."""

@@ -109,7 +109,8 @@ class Latency:
     before_ms: float | None = doc("Original model, median milliseconds")
     after_ms: float | None = doc("Pruned model, median milliseconds")
     ratio: float | None = doc("after / before", minimum=0.0)
-    runs: int | None = doc("Timed runs per model (after two warm-up runs)")
+    runs: int | None = doc("Timed runs of the pruned model (after one warm-up run; until "
+                           "the median is stable)")
 
 
 @dataclass
@@ -154,9 +155,14 @@ class JobReport:
                          below=1.0)
     rule: str = doc("How many channels a percent removes", default=RULE)
     round_to: int = doc("Every pruned group keeps a multiple of this many channels", default=1)
-    target: dict[str, Any] | None = doc("The cost target asked for (metric, keep), the "
-                                        "fraction reached and the percent found",
-                                        omit_none=True)
+    target: dict[str, Any] | None = doc(
+        "The target asked for (metric, keep) and what was reached. params/macs: the "
+        "fraction reached and the uniform percent found. latency: runtime, batch, threads, "
+        "the original's ms, reached (the median ratio of interleaved timing rounds) with its "
+        "90% interval, met, within_noise, detail (in words), guided_by (your data's metric "
+        "or the data-free estimate), fractions (the plan), every step of the search "
+        "(steps, chosen_step) and, with a dataset, the search's and uniform pruning's "
+        "latency/metric curves", omit_none=True)
     layers: list[LayerChange] = doc("Per-layer channels", default_factory=list)
     params_before: int | None = doc("Parameters before pruning")
     params_after: int | None = doc("Parameters after pruning")
@@ -176,8 +182,9 @@ class JobReport:
                                     default_factory=dict)
     verification: Verification = doc("Exactness and round-trip checks",
                                      default_factory=Verification)
-    plan: dict[str, float] | None = doc("The per-group ratios used, when a plan was sent "
-                                        "(group key -> fraction removed)", omit_none=True)
+    plan: dict[str, float] | None = doc("The per-group ratios used, when a plan was sent or "
+                                        "a latency target searched one (group key -> "
+                                        "fraction removed)", omit_none=True)
     sensitivity: dict[str, Any] | None = doc(
         "An analysis (tf_analyze, pt_analyze): per group, the metric and cost when that "
         "group alone is pruned at 0.1..0.9; the recommended plan for the target with its "

@@ -1,5 +1,7 @@
 """Per-group sensitivity, and a per-group plan that meets a cost target (Li et al. 2017).
 
+(A latency target is searched by :mod:`.latency` instead: timed, step by step.)
+
 Layers differ in how much they can lose. For each prunable channel group, the
 group alone is pruned at 0.1 ... 0.9, recovered as a shipped model is (see
 :mod:`.accuracy`), and measured on the held-out data; the MACs/params it saves are
@@ -187,7 +189,12 @@ def analyse_job(engine: Engine, loaded: Loaded, analysis: Analysis, job: PruneJo
                            "be measured against: " + ((report.evaluation.detail or "")
                                                       if report.evaluation else "none given."))
     try:
-        result = Sensitivity(engine, loaded, analysis, job, accuracy, report).run()
+        if (job.options.get("target") or {}).get("metric") == "latency":
+            from edgeai.pruning.latency import analyse_latency
+
+            result = analyse_latency(engine, loaded, analysis, job, report, accuracy)
+        else:
+            result = Sensitivity(engine, loaded, analysis, job, accuracy, report).run()
     except NotMeasured as error:
         raise PruningError(f"The analysis cannot measure this model: {error}") from None
     report.sensitivity = result

@@ -98,8 +98,9 @@ class EngineSpec:
 
     def analyze_params(self) -> tuple[Param, ...]:
         """What an analysis takes: the prune call's parameters but those that only
-        shape a shipped model (a percent, formats, timing, recovery, fine-tuning)."""
-        skipped = ("percent", "formats", "measure", "batch_size", "recover", "finetune_epochs")
+        shape a shipped model (a percent, formats, the measure step, recovery,
+        fine-tuning); how to time (runtime, threads, batch_size) serves a latency target."""
+        skipped = ("percent", "formats", "measure", "recover", "finetune_epochs")
         return tuple(param for param in self.params if param.name not in skipped)
 
     def analyze_files(self) -> tuple[FileRole, ...]:
@@ -213,15 +214,17 @@ def parse_round_to(raw: str | None) -> int:
     return value
 
 
-TARGET_METRICS = ("params", "macs")
+TARGET_METRICS = ("params", "macs", "latency")
 
 
 def parse_target(raw: str | None) -> dict[str, Any] | None:
-    """``target``: ``params:0.5`` or ``macs:0.5``, the fraction of the original to keep."""
+    """``target``: ``params:0.5``, ``macs:0.5`` or ``latency:0.5``, the fraction of the
+    original's parameters, MACs or measured latency to keep."""
     if raw is None or raw.strip() == "":
         return None
-    allowed = ("target must be params:F or macs:F with F the fraction of the original to "
-               "keep, in (0, 1), e.g. target=macs:0.5")
+    allowed = ("target must be params:F, macs:F or latency:F with F the fraction of the "
+               "original to keep, in (0, 1), e.g. target=macs:0.5 or target=latency:0.5 "
+               "(half the original's time, measured in the job's runtime)")
     metric, _, fraction = raw.strip().partition(":")
     try:
         value = float(fraction)
@@ -249,7 +252,8 @@ def parse_switch(name: str, default: bool) -> Callable[[str | None], bool]:
 
 
 def parse_batch_size(raw: str | None) -> int | None:
-    """``batch_size``: a batch size of your own to time the models at, besides 1."""
+    """``batch_size``: a batch size of your own to time the models at, besides 1 (and the
+    batch a latency target is measured at)."""
     if raw is None or raw.strip() == "":
         return None
     try:
@@ -281,6 +285,45 @@ def formats_param(allowed: tuple[str, ...]) -> Param:
                  f"comma-separated: {', '.join(allowed)}. Each is run in its own runtime and "
                  "compared with the pruned model; download it with format=<name>",
                  parse, example=",".join(allowed))
+
+
+MAX_THREADS = 64
+
+
+def parse_threads(raw: str | None) -> int | None:
+    """``threads``: the compute threads the device gives the model, for timing."""
+    if raw is None or raw.strip() == "":
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= MAX_THREADS:
+        raise ParameterError(f"threads={raw[:20]!r} must be a whole number from 1 to "
+                             f"{MAX_THREADS}: the threads the model runs with on your device.")
+    return value
+
+
+def runtime_param(allowed: tuple[str, ...], formats: dict[str, str]) -> Param:
+    """``runtime``: where the models are timed (the latency target, the measure step).
+    ``formats`` maps a runtime to the deploy format it runs (the default when that format
+    is asked for)."""
+
+    def parse(raw: str | None) -> str | None:
+        if raw is None or raw.strip() == "":
+            return None
+        name = raw.strip().lower()
+        if name not in allowed:
+            raise ParameterError(f"runtime={raw[:30]!r} is not a runtime this call can time; "
+                                 f"allowed: {', '.join(allowed)}.")
+        return name
+
+    by_format = ", ".join(f"{runtime} when formats has {fmt}" for runtime, fmt in
+                          formats.items())
+    return Param("runtime", f"Where to time the models (a latency target, the report's speed): "
+                 f"{', '.join(allowed)}. Default: the deploy format asked for ({by_format}), "
+                 f"else {allowed[0]}", parse, schema={"type": "string", "enum": list(allowed)},
+                 example=allowed[-1])
 
 
 MAX_FINETUNE_EPOCHS = 50
@@ -317,13 +360,33 @@ def check_percent_or_target(values: dict[str, Any], files: set[str]) -> None:
                              "MACs; a plan gives each group its own fraction.")
     if values.get("finetune_epochs") and "dataset" not in files:
         raise ParameterError("finetune_epochs needs a dataset to fine-tune on.")
+    check_timing(values, measured=values.get("measure", True))
+
+
+def check_timing(values: dict[str, Any], measured: bool) -> None:
+    """``runtime`` and ``threads`` say how to time: they need a latency target or the
+    measure step, or they would be silently ignored."""
+    latency = (values.get("target") or {}).get("metric") == "latency"
+    given = [name for name in ("runtime", "threads") if values.get(name) is not None]
+    if given and not (latency or measured):
+        raise ParameterError(f"{' and '.join(given)} {'say' if len(given) > 1 else 'says'} how "
+                             "to time the models, but this job times nothing: send "
+                             "target=latency:F, or measure=true.")
 
 
 def check_analysis(values: dict[str, Any], files: set[str]) -> None:
-    """An analysis measures on the user's data: the dataset is required."""
+    """An analysis measures on the user's data: the dataset is required; how to time
+    only applies to a latency target."""
     if "dataset" not in files:
         raise ParameterError("An analysis needs the form file dataset: it measures each "
                              "group's pruning on your data.")
+    latency = (values.get("target") or {}).get("metric") == "latency"
+    given = [name for name in ("runtime", "threads", "batch_size")
+             if values.get(name) is not None]
+    if given and not latency:
+        raise ParameterError(f"{' and '.join(given)} {'say' if len(given) > 1 else 'says'} how "
+                             "to time the models; an analysis times them only for "
+                             "target=latency:F.")
 
 
 PLAN_FILE_HELP = ("Optional per-group plan instead of percent: JSON {group or layer name: "
@@ -346,15 +409,23 @@ ROUND_TO = Param(
     "8 or 16 suit the SIMD width of most CPUs", parse_round_to, default=1,
     schema={"type": "integer", "minimum": 1, "maximum": 1024}, example="8")
 TARGET = Param(
-    "target", "Instead of percent: the fraction of the original's params or MACs to keep, "
-    "e.g. macs:0.5; the uniform percent that meets it is searched", parse_target,
-    schema={"type": "string", "pattern": "^(params|macs):0?\\.[0-9]+$"}, example="macs:0.5")
+    "target", "Instead of percent: the fraction of the original's params, MACs or latency to "
+    "keep, e.g. macs:0.5 (the uniform percent that meets it is searched) or latency:0.5 (half "
+    "the original's time in runtime, at threads and batch_size: the per-group plan is searched "
+    "with real timings, guided by your dataset's held-out metric when you send one)",
+    parse_target, schema={"type": "string", "pattern": "^(params|macs|latency):0?\\.[0-9]+$"},
+    example="latency:0.5")
 MEASURE = Param(
     "measure", "Time the original and the pruned model on the server's CPU (false skips it)",
     parse_switch("measure", True), default=True, schema={"type": "boolean"}, example="true")
 BATCH_SIZE = Param(
-    "batch_size", "A batch size to time the models at, besides 1", parse_batch_size,
+    "batch_size", "A batch size to time the models at, besides 1; with target=latency:F, the "
+    "batch the budget is measured at (default 1)", parse_batch_size,
     schema={"type": "integer", "minimum": 1, "maximum": 256}, example="8")
+THREADS = Param(
+    "threads", "Compute threads to time the models with, as your device runs them (default: "
+    "the job's, EDGEAI_JOB_THREADS; at most the CPUs the job may use)", parse_threads,
+    schema={"type": "integer", "minimum": 1, "maximum": MAX_THREADS}, example="1")
 RECOVER = Param(
     "recover", "With a dataset: refit the layers that lost inputs by least squares and "
     "re-estimate BatchNorm statistics on your data, no training (false turns it off)",
@@ -363,5 +434,5 @@ FINETUNE_EPOCHS = Param(
     "finetune_epochs", "With a dataset: epochs of fine-tuning (Adam, CPU) after recovery, "
     "each measured on held-out data", parse_epochs, default=0,
     schema={"type": "integer", "minimum": 0, "maximum": MAX_FINETUNE_EPOCHS}, example="3")
-COMMON_PARAMS = (PERCENT, OMMITTED, ROUND_TO, TARGET, MEASURE, BATCH_SIZE, RECOVER,
+COMMON_PARAMS = (PERCENT, OMMITTED, ROUND_TO, TARGET, MEASURE, BATCH_SIZE, THREADS, RECOVER,
                  FINETUNE_EPOCHS)

@@ -70,3 +70,23 @@ class Plan:
     def only(self, keys: set[str]) -> Plan:
         """The same plan restricted to the groups in ``keys``."""
         return Plan({k: v for k, v in self.removal.items() if k in keys}, dict(self.status))
+
+
+@dataclass
+class LayerCost:
+    """One layer's work in a forward pass, for the latency estimate: its MACs and output
+    elements per sample, and where its channels come from.
+
+    ``inputs``/``outputs`` map a channel group's key to how many of the layer's input
+    features / output channels belong to that group (the rest are fixed: no plan
+    removes them). ``depthwise``: the MACs follow the output channels alone.
+    """
+
+    name: str
+    macs: int
+    elements: int
+    inputs: dict[str, int] = field(default_factory=dict)
+    fixed_inputs: int = 0
+    outputs: dict[str, int] = field(default_factory=dict)
+    fixed_outputs: int = 0
+    depthwise: bool = False

@@ -43,18 +43,25 @@ def difference(expected: list[np.ndarray], actual: list[np.ndarray]) -> tuple[fl
     return worst_abs, worst_rel
 
 
-def outputs(engine: Engine, model: Any, batch: Any, what: str) -> list[np.ndarray]:
+def outputs(engine: Engine, model: Any, batch: Any, what: str,
+            compiled: bool = False) -> list[np.ndarray]:
+    """``model``'s outputs on ``batch``: through the engine's compiled function of it when
+    ``compiled`` (and the engine has one), else an eager call. Raises PruningError
+    saying ``what`` does not run."""
     try:
-        return engine.run_batch(model, batch)
+        forward = engine.forward(model) if compiled else None
+        return forward(batch) if forward is not None else engine.run_batch(model, batch)
     except Exception as error:  # noqa: BLE001 - any failure to run is the pruner's to report
         raise PruningError(f"{what} does not run ({type(error).__name__}: "
                            f"{str(error)[:300]}); nothing was returned.") from None
 
 
 def verify_exactness(engine: Engine, loaded: Loaded, analysis: Analysis, plan: Plan,
-                     pruned: Any, batch: Any, expected: list[np.ndarray]) -> Check:
+                     pruned: Any, batch: Any, expected: list[np.ndarray],
+                     compiled: bool = False) -> Check:
     """Compare the pruned model's outputs (``expected``, on ``batch``) with the original
-    masked the same way.
+    masked the same way (``compiled``: through the engine's compiled functions, which
+    read the masked weights in place).
 
     Groups whose channels pass through a layer with channel statistics (LayerNorm,
     GroupNorm) cannot be reproduced by masking: the check then runs on a second
@@ -80,7 +87,7 @@ def verify_exactness(engine: Engine, loaded: Loaded, analysis: Analysis, plan: P
                   f"without {listing(inexact, 6)}, which {why}")
         expected = outputs(engine, subject, batch, "The pruned model")
     masked = engine.mask(loaded, analysis, subject_plan)
-    actual = outputs(engine, masked, batch, "The masked original")
+    actual = outputs(engine, masked, batch, "The masked original", compiled)
     if [a.shape for a in actual] != [e.shape for e in expected]:
         raise PruningError(f"Pruning changed the model's output shape ("
                            f"{[list(a.shape) for a in actual]} -> "

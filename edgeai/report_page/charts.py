@@ -163,3 +163,95 @@ def sensitivity_chart(sensitivity: Any, metric: str = "metric", width: int = 760
             points=" ".join(f"{x(r)},{y(v)}" for r, v in pairs),
             plan_point=(x(at[0]), y(at[1])) if at else None))
     return chart
+
+
+@dataclass
+class Curve:
+    """One curve of the latency chart: (latency kept, metric) points."""
+
+    label: str
+    colour: str
+    points: str
+    dots: list[tuple[float, float]]
+
+
+@dataclass
+class LatencyChart:
+    """A line chart: latency kept (x, the original at 1) against the metric (y), the
+    search's path and uniform pruning, with the budget as a vertical line."""
+
+    width: int
+    height: int
+    left: int
+    top: int
+    plot_width: int
+    plot_height: int
+    metric: str
+    x_ticks: list[tuple[float, str]]
+    y_ticks: list[tuple[float, str]]
+    budget_x: float | None
+    chosen: tuple[float, float] | None
+    curves: list[Curve] = field(default_factory=list)
+
+
+MAX_CURVE_POINTS = 400
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) \
+        and math.isfinite(value)
+
+
+def _pairs(points: Any) -> list[tuple[float, float]]:
+    """The (x, y) number pairs of a free-form list (a report is the job's word: anything
+    else in it is skipped, and at most MAX_CURVE_POINTS are drawn)."""
+    if not isinstance(points, list):
+        return []
+    return [(float(point[0]), float(point[1])) for point in points[:MAX_CURVE_POINTS]
+            if isinstance(point, (list, tuple)) and len(point) == 2
+            and _number(point[0]) and _number(point[1])]
+
+
+def latency_chart(target: dict[str, Any], metric: str = "metric", width: int = 760,
+                  height: int = 300) -> LatencyChart | None:
+    """The chart of a latency search's ``curves`` (report ``target``); None without them."""
+    curves = target.get("curves")
+    curves = curves if isinstance(curves, dict) else {}
+    series = [(name, _pairs(curves.get(name))) for name in ("search", "uniform")]
+    series = [(name, points) for name, points in series if points]
+    if not series:
+        return None
+    xs = [x for _, points in series for x, _ in points]
+    ys = [y for _, points in series for _, y in points]
+    budget = target.get("keep") if _number(target.get("keep")) else None
+    x_low = min(xs + ([float(budget)] if budget is not None else []))
+    x_low, x_high = max(0.0, x_low - 0.05), max(1.0, max(xs))
+    if x_high - x_low < 1e-9:
+        x_low = x_high - 1.0
+    y_low, y_high = min(ys), max(ys)
+    if y_high - y_low < 1e-9:
+        y_low, y_high = y_low - 0.5, y_high + 0.5
+    chart = LatencyChart(width=width, height=height, left=60, top=12, plot_width=width - 80,
+                         plot_height=height - 50, metric=metric, x_ticks=[], y_ticks=[],
+                         budget_x=None, chosen=None)
+
+    def x(value: float) -> float:
+        return round(chart.left + chart.plot_width * (value - x_low) / (x_high - x_low), 2)
+
+    def y(value: float) -> float:
+        return round(chart.top + chart.plot_height * (y_high - value) / (y_high - y_low), 2)
+
+    chart.x_ticks = [(x(v), f"{v:.2f}") for v in _ticks(x_low, x_high)]
+    chart.y_ticks = [(y(v), f"{v:.3g}") for v in _ticks(y_low, y_high)]
+    if budget is not None and x_low <= budget <= x_high:
+        chart.budget_x = x(float(budget))
+    for index, (name, points) in enumerate(series):
+        ordered = sorted(points, reverse=True)
+        chart.curves.append(Curve(
+            label="the search's path" if name == "search" else "uniform pruning",
+            colour=f"s{index}", points=" ".join(f"{x(a)},{y(b)}" for a, b in ordered),
+            dots=[(x(a), y(b)) for a, b in ordered]))
+    search = dict(series).get("search")
+    if search:
+        chart.chosen = (x(search[-1][0]), y(search[-1][1]))
+    return chart

@@ -16,7 +16,14 @@ from typing import Any
 
 from edgeai.db import Transaction
 from edgeai.pruning.report import stored_report
-from edgeai.report_page.charts import LayerChart, SensitivityChart, layer_chart, sensitivity_chart
+from edgeai.report_page.charts import (
+    LatencyChart,
+    LayerChart,
+    SensitivityChart,
+    latency_chart,
+    layer_chart,
+    sensitivity_chart,
+)
 
 STAGES = (("before", "original"), ("after_prune", "pruned"),
           ("after_recovery", "after recovery"), ("after_finetune", "after fine-tuning"))
@@ -145,6 +152,76 @@ def analysis(sensitivity: Any) -> Analysis | None:
 
 
 @dataclass
+class SearchStep:
+    """One step of a latency search, as text."""
+
+    step: str
+    group: str
+    fraction: str
+    estimate: str
+    corrected: str
+    metric: str
+    timed: str
+    chosen: bool
+
+
+@dataclass
+class LatencySearch:
+    """A latency target's text parts (``target`` is free-form JSON: only what has the
+    expected shape is shown)."""
+
+    keep: str
+    runtime: str
+    met: bool
+    detail: str
+    setting: str
+    steps: list[SearchStep] = field(default_factory=list)
+
+
+MAX_SEARCH_STEPS = 200
+
+
+def _ms(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, (int, float)) and not isinstance(
+        value, bool) else "–"
+
+
+def latency_search(target: Any) -> LatencySearch | None:
+    """The text of a ``latency:F`` target's search; None for any other target."""
+    target = _mapping(target)
+    if target.get("metric") != "latency":
+        return None
+    setting = (f"batch {scalar(target.get('batch'))}, {scalar(target.get('threads'))} "
+               "thread(s)")
+    if _ms(target.get("original_ms")) != "–":
+        setting += f"; the original runs in {_ms(target.get('original_ms'))} ms"
+    setting += (f" · steps chosen by {scalar(target.get('guided_by'))} · estimate: "
+                f"{scalar(target.get('estimate'))} · {scalar(target.get('measurements'))} "
+                "plan(s) timed")
+    chosen = target.get("chosen_step")
+    steps = []
+    for raw in (target.get("steps") if isinstance(target.get("steps"), list) else [])[
+            :MAX_SEARCH_STEPS]:
+        if not isinstance(raw, dict):
+            continue
+        measured = _mapping(raw.get("measured"))
+        interval = measured.get("interval")
+        timed = "–"
+        if measured:
+            timed = scalar(measured.get("ratio"))
+            if isinstance(interval, list) and len(interval) == 2:
+                timed += f" ({scalar(interval[0])}–{scalar(interval[1])})"
+        steps.append(SearchStep(
+            step=scalar(raw.get("step")), group=scalar(raw.get("group")) if raw.get("group")
+            else "", fraction=scalar(raw.get("fraction")), estimate=scalar(raw.get("estimate")),
+            corrected=scalar(raw.get("corrected_estimate")), metric=scalar(raw.get("metric")),
+            timed=timed, chosen=raw.get("step") is not None and raw.get("step") == chosen))
+    return LatencySearch(keep=scalar(target.get("keep")), runtime=scalar(target.get("runtime")),
+                         met=target.get("met") is True, detail=scalar(target.get("detail")),
+                         setting=setting, steps=steps)
+
+
+@dataclass
 class Page:
     """Everything the template renders. ``report`` is empty unless the job is done and
     its report passed the check; ``withheld`` says why a done job's report is not shown."""
@@ -160,6 +237,8 @@ class Page:
     downloads: list[Download] = field(default_factory=list)
     layers: LayerChart | None = None
     sensitivity: SensitivityChart | None = None
+    latency: LatencyChart | None = None
+    search: LatencySearch | None = None
 
 
 def _figure_card(label: str, before: Any, after: Any, fmt: Callable[[Any], str]) -> Card:
@@ -241,4 +320,8 @@ def build_page(row: Transaction) -> Page:
     page.layers = layer_chart(report.get("layers") or [])
     page.sensitivity = sensitivity_chart(report.get("sensitivity") or {},
                                          evaluation.get("metric") or "metric")
+    page.search = latency_search(report.get("target"))
+    if page.search:
+        page.latency = latency_chart(report["target"], scalar(evaluation.get("metric")
+                                                              or "metric"))
     return page

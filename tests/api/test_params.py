@@ -150,3 +150,46 @@ def test_client_file_names_are_kept_as_bare_printable_text(app, client, headers)
     with app.extensions["edgeai.db"].session() as session:
         stored = session.get(Transaction, response.get_json()["txid"]).input_names["model"]
     assert stored == "evil.h5"
+
+
+@pytest.mark.parametrize("query", ["?target=latency:0.5", "?target=latency:0.5&runtime=tflite",
+                                   "?target=latency:0.4&runtime=keras&threads=1&batch_size=4",
+                                   "?percent=0.4&runtime=onnxruntime&threads=2"])
+def test_latency_targets_and_how_to_time_are_accepted(client, headers, query):
+    response = tf_post(client, headers, query)
+    assert response.status_code == 200, response.get_json()
+
+
+@pytest.mark.parametrize("call, query, expected", [
+    ("tf_prune", "?target=latency:0.5&runtime=tensorrt",
+     "runtime='tensorrt' is not a runtime this call can time; allowed: keras, tflite, "
+     "onnxruntime."),
+    ("pt_prune", "?target=latency:0.5&input_size=1,28,28&runtime=tflite",
+     "runtime='tflite' is not a runtime this call can time; allowed: torch, onnxruntime."),
+    ("tf_prune", "?target=latency:0.5&threads=0", "threads='0' must be a whole number from 1"),
+    ("tf_prune", "?target=latency:0.5&threads=many", "threads='many' must be a whole number"),
+    ("tf_prune", "?target=latency:1.5", "latency:F with F the fraction of the original"),
+    ("tf_prune", "?target=speed:0.5", "target must be params:F, macs:F or latency:F"),
+    ("tf_prune", "?percent=0.4&measure=false&runtime=tflite",
+     "runtime says how to time the models, but this job times nothing"),
+    ("tf_prune", "?percent=0.4&target=latency:0.5", "Send one of percent, target or plan"),
+])
+def test_bad_latency_parameters_are_refused_saying_what_is_allowed(client, headers, call, query,
+                                                                    expected):
+    files = None if call == "tf_prune" else pt_files(dataset=None)
+    response = client.post(f"/api/{call}{query}", headers=headers,
+                           data=files if files is not None else
+                           {"model": (io.BytesIO(H5), "mnist_base.h5")})
+    assert response.status_code == 400
+    assert expected in response.get_json()["message"]
+
+
+def test_an_analysis_times_only_for_a_latency_target(client, headers):
+    def analyze(query):
+        data = {"model": (io.BytesIO(H5), "m.h5"), "dataset": (io.BytesIO(b"npz"), "d.npz")}
+        return client.post(f"/api/tf_analyze{query}", data=data, headers=headers)
+
+    assert analyze("?target=latency:0.5&runtime=tflite&batch_size=4").status_code == 200
+    refused = analyze("?target=macs:0.5&runtime=tflite")
+    assert refused.status_code == 400
+    assert "an analysis times them only for target=latency:F" in refused.get_json()["message"]

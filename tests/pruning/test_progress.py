@@ -55,3 +55,17 @@ def test_fine_tuning_reports_within_its_step():
     tracker.within(7.0)  # clamped to the step
     assert heard == [("loading", 0.0), ("fine-tuning", 0.25), ("fine-tuning", 0.375),
                      ("fine-tuning", 0.5)]
+
+
+@pytest.mark.parametrize("framework", ["tensorflow"], indirect=True)
+def test_a_keras_job_compiles_for_timing_before_the_checks(framework, heard):
+    """Timed in Keras (the default), the models are compiled once, in the measure step,
+    before the checks that then run the compiled functions: one more planned step."""
+    news, tracker = heard
+    job = framework.job(0.5, measure=True)
+    result = framework.engine_class().prune(job)
+    assert [phase for phase, _ in news] == ["loading", "analysing", "pruning", "measuring",
+                                            "verifying", "saving", "verifying", "measuring"]
+    assert tracker.done == tracker.planned == planned_steps(job, framework.engine_class()) == 8
+    assert planned_steps(job) == 7
+    assert result.report["verification"]["exactness"]["passed"] is True

@@ -262,3 +262,70 @@ def test_running_page_shows_phase_and_progress(app, client, headers):
     assert "<strong>pruning</strong> · 40%" in page
     assert '<rect class="after" width="160.0"' in page
     assert 'http-equiv="refresh"' in page
+
+
+def latency_report(filename: str) -> dict:
+    """A prune with target=latency:0.5 and a dataset, as the pipeline stores it."""
+    report = rich_report(filename)
+    del report["sensitivity"]
+    report["plan"] = {HOSTILE: 0.45, "conv2d_1": 0.3}
+    report["target"] = {
+        "metric": "latency", "keep": 0.5, "runtime": "tflite", "batch": 1, "threads": 1,
+        "original_ms": 12.5, "guided_by": "your data: each step takes the group with the best "
+        "latency saved per top1_accuracy lost", "estimate": "MACs and output elements",
+        "measurements": 2, "fractions": {HOSTILE: 0.45, "conv2d_1": 0.3}, "chosen_step": 2,
+        "reached": 0.48, "measured": True, "met": True, "interval": [0.46, 0.52],
+        "within_noise": True, "before_ms": 12.5, "after_ms": 6.0,
+        "detail": "met: 0.480 of the original's latency in tflite; met within measurement noise",
+        "steps": [{"step": 0, "group": None, "fraction": None, "estimate": 1.0,
+                   "corrected_estimate": 1.0, "metric": 0.91},
+                  {"step": 1, "group": HOSTILE, "fraction": 0.45, "estimate": 0.7,
+                   "corrected_estimate": 0.72, "metric": 0.9,
+                   "measured": {"ratio": 0.61, "interval": [0.6, 0.63]}},
+                  {"step": 2, "group": "conv2d_1", "fraction": 0.3, "estimate": 0.5,
+                   "corrected_estimate": 0.48, "metric": 0.88,
+                   "measured": {"ratio": 0.48, "interval": [0.46, 0.52]}}],
+        "curves": {"search": [[1.0, 0.91], [0.72, 0.9], [0.48, 0.88]],
+                   "uniform": [[1.0, 0.91], [0.8, 0.89], [0.6, 0.85], [0.45, 0.8]]}}
+    return report
+
+
+def test_latency_page_shows_the_verdict_the_curves_and_the_steps(app, client, headers):
+    txid = submit(client, headers)
+    finish(app, txid, report=latency_report)
+    page = client.get(report_path(client, txid, headers)).get_data(as_text=True)
+    section = page.split('id="latency-search"', 1)[1].split("</section>", 1)[0]
+    assert "keep 0.5 of the original's time in tflite" in section
+    assert 'id="budget-verdict">met</span>' in section and "within measurement noise" in section
+    assert 'id="latency-chart"' in section and section.count("<polyline") == 2
+    assert "the search&#39;s path" in section and "uniform pruning" in section
+    assert section.count('class="chosen"') == 1 and "0.61 (0.6–0.63)" in section
+    assert "<script>" not in page and "&lt;script&gt;" in section
+    assert "each group pruned by its own fraction" in page
+
+
+def test_a_latency_target_of_the_wrong_shape_is_shown_as_dashes(app, client, headers):
+    """``target`` is free-form JSON that the job wrote: numbers where text goes, text
+    where numbers go, lists and objects anywhere never break the page."""
+    def odd(filename):
+        report = latency_report(filename)
+        report["target"].update({
+            "keep": "half", "original_ms": "fast", "batch": [1], "threads": {"n": 1},
+            "met": "yes", "chosen_step": [2], "detail": {"x": 1},
+            "steps": [5, "x", {"step": [0], "group": ["a"], "estimate": "e",
+                               "measured": {"ratio": [1], "interval": 7}},
+                      {"step": 1, "measured": {"ratio": 0.5, "interval": ["a", None, 3]}}],
+            "curves": {"search": [[1.0], "x", [1.0, "y"], [True, 0.5], [0.7, 0.8], [0.5, 0.7]],
+                       "uniform": 5}})
+        return report
+
+    txid = submit(client, headers)
+    finish(app, txid, report=odd)
+    response = client.get(report_path(client, txid, headers))
+    assert response.status_code == 200
+    section = response.get_data(as_text=True).split('id="latency-search"', 1)[1].split(
+        "</section>", 1)[0]
+    assert "keep half of the original's time" in section
+    assert 'id="budget-verdict">not met</span>' in section  # only true is met
+    assert section.count("<polyline") == 1 and section.count("<circle") == 3  # 2 dots + chosen
+    assert "the original runs in" not in section and section.count("<tr") == 3  # head + 2

@@ -22,14 +22,19 @@ from edgeai.pruning.spec import (
     FileRole,
     check_percent_or_target,
     formats_param,
+    runtime_param,
 )
+from edgeai.pruning.structure import LayerCost
 
 EXPORT_FORMATS = ("tflite", "tflite-int8", "onnx")
+TIMING_RUNTIMES = ("keras", "tflite", "onnxruntime")
+RUNTIME_FORMATS = {"tflite": "tflite", "onnxruntime": "onnx"}
 
 SPEC = EngineSpec(
     name="tensorflow", endpoint="tf_prune",
     summary="Submit a Keras model (h5, keras, or a zipped SavedModel) for pruning.",
-    params=(*COMMON_PARAMS, formats_param(EXPORT_FORMATS)),
+    params=(*COMMON_PARAMS, formats_param(EXPORT_FORMATS),
+            runtime_param(TIMING_RUNTIMES, RUNTIME_FORMATS)),
     files=(FileRole("model", (".h5", ".hdf5", ".keras", ".zip"),
                     "The Keras model: .h5, .keras, or .zip of a SavedModel directory or of a "
                     ".keras file"),
@@ -55,9 +60,12 @@ class KerasPruner(Engine):
     separator = "/"
     channel_axis = -1
     export_formats = EXPORT_FORMATS
+    timing_runtimes = TIMING_RUNTIMES
+    compiles = True
 
     def __init__(self) -> None:
         self._compiled: set[int] = set()
+        self._forwards: dict[int, tuple[Any, Any]] = {}
 
     def warm_up(self) -> None:
         """Import TensorFlow and Keras before a job arrives (the slow part of a job)."""
@@ -208,6 +216,11 @@ class KerasPruner(Engine):
 
         return int(model.count_params()), count_macs(model)
 
+    def cost_terms(self, loaded: Loaded, analysis: Analysis) -> list[LayerCost]:
+        from edgeai.pruning.keras_engine.report import cost_terms
+
+        return cost_terms(loaded.model, loaded.extra.graph, analysis)
+
     # -- running ---------------------------------------------------------------
     def example_batch(self, loaded: Loaded, seed: int) -> Any:
         rng = np.random.default_rng(seed)
@@ -223,6 +236,31 @@ class KerasPruner(Engine):
 
     def run_batch(self, model: Any, batch: Any) -> list[np.ndarray]:
         return _arrays(model(batch, training=False))
+
+    def forward(self, model: Any) -> Any:
+        """``model`` as one ``tf.function`` (batch dimension free), traced on first use and
+        kept until :meth:`release`: tracing a ResNet50 costs about a second, which the
+        verify step and the timing then pay once."""
+        if id(model) not in self._forwards:
+            import tensorflow as tf
+
+            signature = [tf.TensorSpec((None, *tensor.shape[1:]), tensor.dtype)
+                         for tensor in model.inputs]
+
+            def call(*inputs: Any) -> Any:
+                return model(list(inputs) if len(inputs) > 1 else inputs[0], training=False)
+
+            compiled = tf.function(call, input_signature=signature)
+
+            def run(batch: Any) -> list[np.ndarray]:
+                return _arrays(compiled(*(batch if isinstance(batch, list) else [batch])))
+
+            self._forwards[id(model)] = (model, run)
+        return self._forwards[id(model)][1]
+
+    def release(self, model: Any) -> None:
+        """Drop the compiled function of ``model`` (a search candidate left behind)."""
+        self._forwards.pop(id(model), None)
 
     def layer_outputs(self, model: Any, batch: Any, names: list[str]) -> dict[str, np.ndarray]:
         """Outputs of the named top-level layers (nested models' layers are skipped)."""
@@ -270,20 +308,29 @@ class KerasPruner(Engine):
 
         return RUNTIMES[fmt]
 
-    def runtimes(self, job: PruneJob) -> list[str]:
-        formats = job.options.get("formats") or ()
-        return ["keras"] + (["tflite"] if any(f.startswith("tflite") for f in formats) else []) \
-            + (["onnxruntime"] if "onnx" in formats else [])
-
     def timer(self, model: Any, runtime: str, batch: int, loaded: Loaded, threads: int,
               path: str | None = None) -> Any:
+        """One forward pass of ``model`` in ``runtime``; the keras runtime runs the kept
+        compiled function (:meth:`forward`) with TensorFlow's own thread pool, which is
+        fixed when TensorFlow starts: other ``threads`` are refused for it."""
         from edgeai.pruning.keras_engine import deploy
 
-        example = self.example_batch(loaded, seed=0)
-        return deploy.timer(model, runtime, deploy.sized_batch(example, batch), threads, path)
+        example = deploy.sized_batch(self.example_batch(loaded, seed=0), batch)
+        if runtime == "keras":
+            import tensorflow as tf
+
+            pool = tf.config.threading.get_intra_op_parallelism_threads()
+            if pool and threads != pool:
+                raise PruningError(
+                    f"the keras runtime runs with the job's {pool} thread(s) (TensorFlow fixes "
+                    f"its thread pool when it starts), not {threads}; time in tflite or "
+                    "onnxruntime for another thread count")
+            run = self.forward(model)
+            return lambda: run(example)
+        return deploy.timer(model, runtime, example, threads, path)
 
     def runtime_formats(self) -> dict[str, str]:
-        return {"tflite": "tflite", "onnxruntime": "onnx"}
+        return dict(RUNTIME_FORMATS)
 
     def summary(self, pruned: Any, loaded: Loaded, job: PruneJob) -> str:
         from edgeai.pruning.keras_engine.report import summary_text

@@ -99,6 +99,51 @@ def count_macs(model) -> int:
     return int(total)
 
 
+def cost_terms(model, graph, analysis) -> list:
+    """Every call in ``model``'s graph as a :class:`LayerCost`: its MACs and output
+    elements per sample, and how many of its input and output channels each channel
+    group holds (from the channel graph's elements), for the latency estimate."""
+    from collections import Counter
+
+    from edgeai.pruning.keras_engine.graph import _layers_graph
+    from edgeai.pruning.structure import LayerCost
+
+    owner = {root: group.key for group in analysis.groups for root in group.handle}
+
+    def split(elements) -> tuple[dict[str, int], int]:
+        if elements is None or not len(elements):
+            return {}, 0
+        counts = Counter(owner.get(root) for root in graph.uf.roots(elements).tolist())
+        fixed = counts.pop(None, 0)
+        return {key: int(count) for key, count in counts.items()}, int(fixed)
+
+    terms = []
+
+    def walk(inner) -> None:
+        nodes_by_depth, _, _ = _layers_graph(inner)
+        for depth in sorted(nodes_by_depth, reverse=True):
+            for node in nodes_by_depth[depth]:
+                layer = node.operation
+                if isinstance(layer, keras.Model):
+                    walk(layer)
+                    continue
+                if isinstance(layer, L.InputLayer) or not node.input_tensors or not node.outputs:
+                    continue
+                in_shape, out_shape = (tuple(node.input_tensors[0].shape),
+                                       tuple(node.outputs[0].shape))
+                record = graph.records.get(id(layer))
+                inputs, fixed_in = split(record.in_map if record else None)
+                outputs, fixed_out = split(record.out_map if record else None)
+                terms.append(LayerCost(
+                    name=layer.name, macs=int(layer_macs(layer, in_shape, out_shape)),
+                    elements=_prod(out_shape[1:]), inputs=inputs, fixed_inputs=fixed_in,
+                    outputs=outputs, fixed_outputs=fixed_out,
+                    depthwise=isinstance(layer, DEPTHWISE)))
+
+    walk(model)
+    return terms
+
+
 def summary_text(model) -> str:
     """``model.summary()`` as plain text."""
     lines: list[str] = []

@@ -24,6 +24,7 @@ from edgeai.pruning.spec import (
     RECOVER,
     ROUND_TO,
     TARGET,
+    THREADS,
     EngineSpec,
     FileRole,
     Param,
@@ -63,7 +64,7 @@ def parse_no_finetune(raw: str | None) -> int:
 SPEC = EngineSpec(
     name="onnx", endpoint="onnx_prune",
     summary="Submit an ONNX model (one file, weights inside) for pruning.",
-    params=(PERCENT, OMMITTED, ROUND_TO, TARGET, MEASURE, BATCH_SIZE,
+    params=(PERCENT, OMMITTED, ROUND_TO, TARGET, MEASURE, BATCH_SIZE, THREADS,
             Param(RECOVER.name, "With a dataset: refit the Conv, Gemm and MatMul layers that "
                   "lost inputs by least squares to reproduce the original's outputs, no "
                   "training (false turns it off)", RECOVER.parse, default=True,
@@ -130,6 +131,7 @@ class OnnxPruner(Engine):
     spec = SPEC
     separator = "/"
     channel_axis = 1
+    timing_runtimes = ("onnxruntime",)
 
     def warm_up(self) -> None:
         """Import onnx and ONNX Runtime, and make one session, before a job arrives."""
@@ -320,9 +322,6 @@ class OnnxPruner(Engine):
         return {"onnx": OnnxModel(onnx.load(path, load_external_data=False))}
 
     # -- timing ------------------------------------------------------------------
-    def runtimes(self, job: PruneJob) -> list[str]:
-        return ["onnxruntime"]
-
     def timer(self, model: Any, runtime_name: str, batch: int, loaded: Loaded, threads: int,
               path: str | None = None) -> Any:
         from edgeai.pruning.onnx_engine import runtime

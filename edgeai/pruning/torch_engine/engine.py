@@ -29,7 +29,9 @@ from edgeai.pruning.spec import (
     formats_param,
     parse_class_name,
     parse_input_size,
+    runtime_param,
 )
+from edgeai.pruning.structure import LayerCost
 
 MAX_EVAL_SAMPLES = 2048
 
@@ -97,6 +99,7 @@ SPEC = EngineSpec(
     summary="Submit a PyTorch model for pruning: an exported program (model, a pt2 file "
             "saved with torch export) or the guide's state_dict with its class file",
     params=(*COMMON_PARAMS, formats_param(("onnx",)),
+            runtime_param(("torch", "onnxruntime"), {"onnxruntime": "onnx"}),
             Param("input_size", "Shape of one input without the batch dimension, e.g. "
                   "1,28,28: required with weights and class_def; a .pt2 program carries its "
                   "own (if given, it must agree)", parse_input_size, example="1,28,28"),
@@ -146,6 +149,7 @@ class TorchPruner(Engine):
     separator = "."
     channel_axis = 1
     export_formats = ("onnx",)
+    timing_runtimes = ("torch", "onnxruntime")
 
     def warm_up(self) -> None:
         """Import torch, torch-pruning and torchsummary before a job arrives."""
@@ -298,6 +302,11 @@ class TorchPruner(Engine):
 
         return count_params_macs(model, loaded.extra.example)
 
+    def cost_terms(self, loaded: Loaded, analysis: Analysis) -> list[LayerCost]:
+        from edgeai.pruning.torch_engine.report import cost_terms
+
+        return cost_terms(loaded.model, loaded.extra.example, analysis)
+
     # -- running ---------------------------------------------------------------
     def example_batch(self, loaded: Loaded, seed: int) -> Any:
         import torch
@@ -327,6 +336,14 @@ class TorchPruner(Engine):
 
         kept = recovery.kept_channels(loaded.model, loaded.extra.example, plan)
         return recovery.refit_layers(pruned, loaded.model, kept, fit, check)
+
+    def refit_measured(self, pruned: Any, loaded: Loaded, analysis: Analysis, plan: Plan,
+                       fit: Data, check: Data) -> dict[str, list[str]]:
+        from edgeai.pruning.torch_engine import recovery
+
+        kept = recovery.kept_channels(loaded.model, loaded.extra.example, plan)
+        return recovery.refit_layers(pruned, loaded.model, kept, fit, check,
+                                     measured_statistics=True)
 
     def reestimate(self, model: Any, data: Data) -> int:
         from edgeai.pruning.torch_engine import recovery
@@ -376,10 +393,6 @@ class TorchPruner(Engine):
 
     def runtime_of(self, fmt: str) -> str:
         return "ONNX Runtime"
-
-    def runtimes(self, job: PruneJob) -> list[str]:
-        return ["torch"] + (["onnxruntime"] if "onnx" in (job.options.get("formats") or ())
-                            else [])
 
     def timer(self, model: Any, runtime: str, batch: int, loaded: Loaded, threads: int,
               path: str | None = None) -> Any:

@@ -5,11 +5,14 @@
   gets the weights that best reproduce, from its remaining inputs, the original
   layer's outputs on the calibration data (ridge regularised, sampled rows). A refit
   is kept only if it lowers the layer's error on calibration samples it did not fit.
-* BatchNorm re-estimation: running statistics recomputed on the calibration data.
+* BatchNorm re-estimation: running statistics recomputed on the calibration data —
+  after the refit, or (``measured_statistics``) before it and after each refit layer,
+  with the targets taken from the original with its statistics measured alike.
 * One epoch of fine-tuning: Adam, the loss that fits the metric and the outputs.
 """
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import numpy as np
@@ -112,12 +115,21 @@ def _solve(rows: torch.Tensor, targets: torch.Tensor, bias: bool) -> torch.Tenso
 
 
 def refit_layers(pruned: nn.Module, original: nn.Module, kept: dict[str, dict[str, list[int]]],
-                 fit: Data, check: Data) -> dict[str, list[str]]:
-    """Refit every layer that lost input channels (see the module docstring)."""
+                 fit: Data, check: Data, measured_statistics: bool = False,
+                 ) -> dict[str, list[str]]:
+    """Refit every layer that lost input channels (see the module docstring). With
+    ``measured_statistics``, BatchNorm statistics are measured on ``fit`` first — the
+    pruned model's, and the original's for the targets (a copy: training leaves running
+    statistics that lag behind the weights) — and again after each refit, so that every
+    layer is fitted to the statistics it will run with."""
     names = [name for name, entry in kept.items()
              if entry["in"] is not None and refittable(pruned.get_submodule(name))]
     if not names or len(fit) < 4 or len(check) < 1:
         return {"refit": [], "refit_rejected": []}
+    if measured_statistics:
+        original = copy.deepcopy(original)
+        reestimate_batchnorm(original, fit)
+        reestimate_batchnorm(pruned, fit)
     report: dict[str, list[str]] = {"refit": [], "refit_rejected": []}
     originals_out = _capture(original, names, fit, inputs=False)
     originals_check = _capture(original, names, check, inputs=False)
@@ -143,6 +155,8 @@ def refit_layers(pruned: nn.Module, original: nn.Module, kept: dict[str, dict[st
                 if module.bias is not None:
                     module.bias.copy_(solution[-1])
             report["refit"].append(name)
+            if measured_statistics:
+                reestimate_batchnorm(pruned, fit)
         else:
             report["refit_rejected"].append(name)
     return report

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -39,6 +40,76 @@ def count_params_macs(model: nn.Module, example: torch.Tensor) -> tuple[int, int
         for handle in handles:
             handle.remove()
     return sum(p.numel() for p in model.parameters()), int(total)
+
+
+def _widths(module: nn.Module) -> tuple[int | None, int | None]:
+    """(input, output) channels of a layer that has them."""
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    if isinstance(module, CONV + CONV_T):
+        return module.in_channels, module.out_channels
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        return module.num_features, module.num_features
+    return None, None
+
+
+def cost_terms(model: nn.Module, example: torch.Tensor, analysis) -> list:
+    """Every leaf module that runs, as a :class:`LayerCost`: its MACs (the rule of
+    :func:`count_params_macs`) and output elements per sample, and how many of its
+    input and output channels each channel group holds (from torch-pruning's
+    dependency graph), for the latency estimate."""
+    from collections import Counter
+
+    from edgeai.pruning.structure import LayerCost
+    from edgeai.pruning.torch_engine.pruner import _is_out_fn, _pruning_group, trace
+
+    graph = trace(model, example)
+    names = {module: name for name, module in model.named_modules()}
+    sides: dict[str, dict[str, Counter]] = {"in": {}, "out": {}}
+    for group in analysis.groups:
+        try:
+            items = _pruning_group(graph, model, group.key, list(range(len(group.scores))))
+        except Exception:  # noqa: BLE001 - a group torch-pruning cannot build stays whole
+            continue
+        for item in items:
+            name = names.get(item.dep.target.module)
+            if name:
+                side = sides["out" if _is_out_fn(item.dep) else "in"]
+                side.setdefault(name, Counter())[group.key] += len(set(item.idxs))
+    terms = []
+
+    def hook(module: nn.Module, inputs: tuple, output: Any) -> None:
+        if not isinstance(output, torch.Tensor):
+            return
+        name = names.get(module, "")
+        macs = 0
+        if isinstance(module, CONV):
+            macs = output[0].numel() * math.prod(module.kernel_size) * (
+                module.in_channels // module.groups)
+        elif isinstance(module, CONV_T):
+            macs = inputs[0][0].numel() * math.prod(module.kernel_size) * (
+                module.out_channels // module.groups)
+        elif isinstance(module, nn.Linear):
+            macs = output[0].numel() * module.in_features
+        width_in, width_out = _widths(module)
+        counts = {side: dict(sides[side].get(name, {})) for side in ("in", "out")}
+        terms.append(LayerCost(
+            name=name, macs=int(macs), elements=int(output[0].numel()),
+            inputs=counts["in"], fixed_inputs=max(0, (width_in or 0) - sum(counts["in"].values())),
+            outputs=counts["out"],
+            fixed_outputs=max(0, (width_out or 0) - sum(counts["out"].values())),
+            depthwise=isinstance(module, CONV) and module.groups > 1
+            and module.groups == module.in_channels))
+
+    handles = [module.register_forward_hook(hook) for module in model.modules()
+               if not list(module.children())]
+    try:
+        with torch.no_grad():
+            model.eval()(example[:1])
+    finally:
+        for handle in handles:
+            handle.remove()
+    return terms
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None) -> float | None:
