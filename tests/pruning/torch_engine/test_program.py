@@ -96,7 +96,7 @@ def test_program_prunes_exactly_and_shrinks(prune_program, tmp_path, family, for
 def test_guide_program_table_and_rounding(prune_program, tmp_path):
     """The status message is the pruned model's torchsummary table, as for a class file
     (the guide's figures: fc1 kept whole by ommitted); round_to=8 keeps multiples of 8
-    and the report times both models in torch and ONNX Runtime."""
+    and the report times both models where they will run: ONNX Runtime for formats=onnx."""
     path = save_program(build(GUIDE_NET_SOURCE), (1, 28, 28), tmp_path / "net.pt2")
     result, _ = prune_program(path, 0.5, omitted=("fc1",))
     assert "Total params: 596,042" in result.message
@@ -107,7 +107,7 @@ def test_guide_program_table_and_rounding(prune_program, tmp_path):
     layers = {layer["name"]: layer for layer in result.report["layers"]}
     assert layers["conv1"]["channels_after"] == 24 and layers["conv2"]["channels_after"] == 48
     runtimes = {row["runtime"] for row in result.report["speed"]["latencies"]}
-    assert runtimes == {"torch", "onnxruntime"}
+    assert runtimes == {"onnxruntime"}
 
 
 SMALL = """
