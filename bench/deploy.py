@@ -159,6 +159,7 @@ def program_rows(tmp: Path) -> list[dict]:
             job = _job("pytorch", {"model": str(path)}, {"model": path.name},
                        tmp / f"{path.stem}-{percent}" / "out", percent, {"formats": ["onnx"]})
             rows.append(_row(f"{name} (.pt2)", percent, engine.prune(job).report))
+    return rows
 
 
 def onnx_rows(tmp: Path) -> list[dict]:
