@@ -567,42 +567,8 @@ class LatencySearch:
             "fractions": {k: v for k, v in step.fractions.items() if k in step.removal},
             "steps": [s.as_dict(i, self.corrected(s.estimate)) for i, s in enumerate(self.path)],
             "chosen_step": chosen}
-        if measured is not None:
-            met = measured.ratio <= self.budget
-            summary.update(reached=round(measured.ratio, 4), measured=True, met=met,
-                           interval=[round(measured.low, 4), round(measured.high, 4)],
-                           within_noise=met and measured.high > self.budget,
-                           before_ms=round(measured.before_ms, 4),
-                           after_ms=round(measured.after_ms, 4))
-            if met:
-                summary["detail"] = (
-                    f"met: {measured.ratio:.3f} of the original's latency in {self.runtime} "
-                    f"(90% interval {measured.low:.3f}-{measured.high:.3f} over "
-                    f"{measured.rounds} interleaved rounds)" + (
-                        "; the interval reaches above the budget: met within measurement noise"
-                        if measured.high > self.budget else ""))
-            else:
-                summary["detail"] = (
-                    f"NOT met: the fastest plan found runs at {measured.ratio:.3f} of the "
-                    f"original's latency in {self.runtime} (90% interval {measured.low:.3f}-"
-                    f"{measured.high:.3f}), above the budget {self.budget:g}: every group the "
-                    f"search may prune is at its limit (at most {MAX_FRACTION:g} of a group; "
-                    "outputs, omitted layers and layers left whole keep the rest)"
-                    if self.exhausted else
-                    f"NOT met: the fastest plan timed runs at {measured.ratio:.3f} of the "
-                    f"original's latency in {self.runtime}, above the budget {self.budget:g}; "
-                    f"the search stopped after {MAX_MEASUREMENTS} timings")
-        else:
-            corrected = self.corrected(step.estimate)
-            met = corrected <= self.budget
-            summary.update(reached=round(corrected, 4), measured=False, met=False,
-                           estimated_met=met, interval=None, within_noise=False)
-            why = self.unmeasurable or "no plan could be timed"
-            summary["detail"] = (f"NOT measured: {why}. The plan returned is the first whose "
-                                 f"estimate ({self.estimate.how}) is {corrected:.3f} of the "
-                                 "original's" + ("" if met else
-                                                 f", the lowest the search reached, above the "
-                                                 f"budget {self.budget:g}"))
+        summary.update(self._timed_verdict(measured) if measured is not None
+                       else self._estimated_verdict(step))
         if self.uniform_check is not None:
             summary["uniform_check"] = self.uniform_check
             if self.uniform_check.get("shipped"):
@@ -619,6 +585,47 @@ class LatencySearch:
                                      "baseline": self.candidates.baseline}
         summary["seconds"] = round(time.perf_counter() - self.started, 3)
         return summary
+
+    def _timed_verdict(self, measured: Any) -> dict[str, Any]:
+        """What the report says of a chosen plan that was timed."""
+        met = measured.ratio <= self.budget
+        verdict = dict(reached=round(measured.ratio, 4), measured=True, met=met,
+                       interval=[round(measured.low, 4), round(measured.high, 4)],
+                       within_noise=met and measured.high > self.budget,
+                       before_ms=round(measured.before_ms, 4),
+                       after_ms=round(measured.after_ms, 4))
+        if met:
+            verdict["detail"] = (
+                f"met: {measured.ratio:.3f} of the original's latency in {self.runtime} "
+                f"(90% interval {measured.low:.3f}-{measured.high:.3f} over "
+                f"{measured.rounds} interleaved rounds)" + (
+                    "; the interval reaches above the budget: met within measurement noise"
+                    if measured.high > self.budget else ""))
+        else:
+            verdict["detail"] = (
+                f"NOT met: the fastest plan found runs at {measured.ratio:.3f} of the "
+                f"original's latency in {self.runtime} (90% interval {measured.low:.3f}-"
+                f"{measured.high:.3f}), above the budget {self.budget:g}: every group the "
+                f"search may prune is at its limit (at most {MAX_FRACTION:g} of a group; "
+                "outputs, omitted layers and layers left whole keep the rest)"
+                if self.exhausted else
+                f"NOT met: the fastest plan timed runs at {measured.ratio:.3f} of the "
+                f"original's latency in {self.runtime}, above the budget {self.budget:g}; "
+                f"the search stopped after {MAX_MEASUREMENTS} timings")
+        return verdict
+
+    def _estimated_verdict(self, step: Step) -> dict[str, Any]:
+        """What the report says of a chosen plan that could not be timed."""
+        corrected = self.corrected(step.estimate)
+        met = corrected <= self.budget
+        why = self.unmeasurable or "no plan could be timed"
+        return dict(reached=round(corrected, 4), measured=False, met=False,
+                    estimated_met=met, interval=None, within_noise=False,
+                    detail=f"NOT measured: {why}. The plan returned is the first whose "
+                           f"estimate ({self.estimate.how}) is {corrected:.3f} of the "
+                           "original's" + ("" if met else
+                                           f", the lowest the search reached, above the "
+                                           f"budget {self.budget:g}"))
 
     def curves(self, chosen: int) -> dict[str, list[list[float]]] | None:
         """With data: (corrected latency, metric) of the search's path and of uniform
