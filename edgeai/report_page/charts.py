@@ -79,8 +79,9 @@ class Series:
 
 
 @dataclass
-class SensitivityChart:
-    """A line chart: pruning ratio (x) against the metric (y), one line per group."""
+class PlotFrame:
+    """What every line chart shares: its size, the plot area inside it, the metric on
+    the y axis and the ticks (drawn by the template's ``frame`` macro)."""
 
     width: int
     height: int
@@ -91,6 +92,20 @@ class SensitivityChart:
     metric: str
     x_ticks: list[tuple[float, str]]
     y_ticks: list[tuple[float, str]]
+
+    def x_at(self, value: float, low: float, high: float) -> float:
+        """Where ``value`` of [low, high] falls on the x axis."""
+        return round(self.left + self.plot_width * (value - low) / ((high - low) or 1.0), 2)
+
+    def y_at(self, value: float, low: float, high: float) -> float:
+        """Where ``value`` of [low, high] falls on the y axis (high at the top)."""
+        return round(self.top + self.plot_height * (high - value) / (high - low), 2)
+
+
+@dataclass
+class SensitivityChart(PlotFrame):
+    """A line chart: pruning ratio (x) against the metric (y), one line per group."""
+
     baseline_y: float | None
     series: list[Series] = field(default_factory=list)
 
@@ -101,11 +116,15 @@ def _ticks(low: float, high: float, count: int = 5) -> list[float]:
     return [low + step * index for index in range(count)]
 
 
+def _number(value: Any) -> bool:
+    """A finite int or float (not a bool): what a free-form field may plot."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) \
+        and math.isfinite(value)
+
+
 def _numbers(values: Any) -> list[float] | None:
     """``values`` as floats if it is a non-empty list of finite numbers, else None."""
-    if not isinstance(values, list) or not values or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-            for v in values):
+    if not isinstance(values, list) or not values or not all(_number(v) for v in values):
         return None
     return [float(v) for v in values]
 
@@ -125,10 +144,7 @@ def sensitivity_chart(sensitivity: Any, metric: str = "metric", width: int = 760
         if isinstance(sensitivity.get("groups"), list) else []
     if not groups:
         return None
-    baseline = sensitivity.get("baseline")
-    if isinstance(baseline, bool) or not isinstance(baseline, (int, float)) \
-            or not math.isfinite(baseline):
-        baseline = None
+    baseline = sensitivity.get("baseline") if _number(sensitivity.get("baseline")) else None
     values = [v for _, curve in groups for v in curve]
     values += [float(baseline)] if baseline is not None else []
     low, high = min(values), max(values)
@@ -140,11 +156,10 @@ def sensitivity_chart(sensitivity: Any, metric: str = "metric", width: int = 760
                              x_ticks=[], y_ticks=[], baseline_y=None)
 
     def x(ratio: float) -> float:
-        span = (ratios[-1] - ratios[0]) or 1.0
-        return round(chart.left + chart.plot_width * (ratio - ratios[0]) / span, 2)
+        return chart.x_at(ratio, ratios[0], ratios[-1])
 
     def y(value: float) -> float:
-        return round(chart.top + chart.plot_height * (high - value) / (high - low), 2)
+        return chart.y_at(value, low, high)
 
     chart.x_ticks = [(x(r), f"{r:g}") for r in ratios]
     chart.y_ticks = [(y(v), f"{v:.3g}") for v in _ticks(low, high)]
@@ -176,30 +191,16 @@ class Curve:
 
 
 @dataclass
-class LatencyChart:
+class LatencyChart(PlotFrame):
     """A line chart: latency kept (x, the original at 1) against the metric (y), the
     search's path and uniform pruning, with the budget as a vertical line."""
 
-    width: int
-    height: int
-    left: int
-    top: int
-    plot_width: int
-    plot_height: int
-    metric: str
-    x_ticks: list[tuple[float, str]]
-    y_ticks: list[tuple[float, str]]
     budget_x: float | None
     chosen: tuple[float, float] | None
     curves: list[Curve] = field(default_factory=list)
 
 
 MAX_CURVE_POINTS = 400
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) \
-        and math.isfinite(value)
 
 
 def _pairs(points: Any) -> list[tuple[float, float]]:
@@ -236,10 +237,10 @@ def latency_chart(target: dict[str, Any], metric: str = "metric", width: int = 7
                          budget_x=None, chosen=None)
 
     def x(value: float) -> float:
-        return round(chart.left + chart.plot_width * (value - x_low) / (x_high - x_low), 2)
+        return chart.x_at(value, x_low, x_high)
 
     def y(value: float) -> float:
-        return round(chart.top + chart.plot_height * (y_high - value) / (y_high - y_low), 2)
+        return chart.y_at(value, y_low, y_high)
 
     chart.x_ticks = [(x(v), f"{v:.2f}") for v in _ticks(x_low, x_high)]
     chart.y_ticks = [(y(v), f"{v:.3g}") for v in _ticks(y_low, y_high)]
