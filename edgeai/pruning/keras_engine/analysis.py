@@ -8,11 +8,10 @@ by grouped layers lists its channels block by block.
 """
 from __future__ import annotations
 
-import math
-
 import keras
 import numpy as np
 
+from edgeai.pruning.channel_sets import blocked, channel_layout
 from edgeai.pruning.keras_engine.graph import (
     CONV_T,
     SEPARABLE,
@@ -27,7 +26,6 @@ from edgeai.pruning.keras_engine.graph import (
     unwrap,
 )
 from edgeai.pruning.pipeline import Analysis, ChannelGroup, LayerInfo
-from edgeai.pruning.report import LayerStatus
 
 L = keras.layers
 # Layers whose result for one channel depends on how many channels there are.
@@ -123,7 +121,7 @@ def _groups(graph: ChannelGraph) -> list[ChannelGroup]:
     groups = []
     for members in _producer_sets(graph):
         roots = sorted({r for record in members for r in graph.uf.roots(record.space).tolist()})
-        layout = _channel_layout(graph, roots)
+        layout = channel_layout(graph.uf, graph.constraints, roots, "layer")
         order = layout[0] if isinstance(layout, tuple) else roots
         scores = dict.fromkeys(roots, 0.0)
         for record in members:
@@ -139,21 +137,9 @@ def _groups(graph: ChannelGraph) -> list[ChannelGroup]:
                                         + [record.path for record in members])),
             scores=np.array([scores[root] for root in order]),
             blocks=layout[1] if isinstance(layout, tuple) else 1,
-            blocked=_blocked(roots, frozen, layout), inexact=_inexact(carried_by),
+            blocked=blocked(roots, frozen, layout), inexact=_inexact(carried_by),
             handle=order))
     return groups
-
-
-def _blocked(roots: list[int], frozen: dict[int, str],
-             layout: tuple | str | None) -> tuple[LayerStatus, str] | None:
-    why = next((frozen[root] for root in roots if root in frozen), None)
-    if why == "produces a model output":
-        return LayerStatus.OUTPUT, why
-    if why is not None:
-        return LayerStatus.UNSUPPORTED, why
-    if isinstance(layout, str):
-        return LayerStatus.UNSUPPORTED, layout
-    return None
 
 
 def _inexact(records: list[LayerRecord]) -> str | None:
@@ -162,25 +148,3 @@ def _inexact(records: list[LayerRecord]) -> str | None:
             return (f"pass through {type(record.layer).__name__} ({record.path}), whose "
                     "statistics change when channels go")
     return None
-
-
-def _channel_layout(graph: ChannelGraph, channel_roots: list[int]):
-    """None if no grouped layer constrains these channels; else (channels in block order,
-    blocks); or a reason string when the constraints cannot be met together."""
-    wanted = set(channel_roots)
-    layout = None
-    for elements, parts, name in graph.constraints:
-        roots = graph.uf.roots(elements).tolist()
-        if not wanted.intersection(roots):
-            continue
-        if set(roots) != wanted or len(roots) != len(wanted) or len(roots) % parts:
-            return f"channels reach the grouped layer {name} mixed with others"
-        if layout is None:
-            layout = (roots, parts)
-        elif layout[0] != roots:
-            return f"grouped layers order these channels differently ({name})"
-        else:
-            layout = (roots, math.lcm(layout[1], parts))
-            if len(roots) % layout[1]:
-                return f"{len(roots)} channels do not split into {layout[1]} groups ({name})"
-    return layout

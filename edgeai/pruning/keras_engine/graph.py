@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 import keras
 import numpy as np
 
+from edgeai.pruning.channel_sets import OUTPUT_REASON, UnionFind
+
 L = keras.layers
 
 CONV = (L.Conv1D, L.Conv2D, L.Conv3D)
@@ -122,33 +124,6 @@ def producer_width(layer) -> int:
     return int(layer.filters)
 
 
-class UnionFind:
-    """Union-find over integer ids with path halving."""
-
-    def __init__(self) -> None:
-        self.parent: list[int] = []
-
-    def make(self, count: int) -> np.ndarray:
-        start = len(self.parent)
-        self.parent.extend(range(start, start + count))
-        return np.arange(start, start + count, dtype=np.int64)
-
-    def find(self, item: int) -> int:
-        parent = self.parent
-        while parent[item] != item:
-            parent[item] = parent[parent[item]]
-            item = parent[item]
-        return item
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
-
-    def roots(self, items: np.ndarray) -> np.ndarray:
-        return np.fromiter((self.find(int(i)) for i in items), dtype=np.int64, count=len(items))
-
-
 @dataclass
 class LayerRecord:
     """What the graph knows about one layer object (shared calls are merged).
@@ -226,7 +201,7 @@ def build_graph(model) -> ChannelGraph:
         maps[id(tensor)] = elements
     _walk(graph, model, maps, prefix="")
     for tensor in outputs:
-        graph.freeze(maps.get(id(tensor)), "output", "produces a model output")
+        graph.freeze(maps.get(id(tensor)), "output", OUTPUT_REASON)
     return graph
 
 

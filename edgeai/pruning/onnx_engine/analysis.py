@@ -10,11 +10,10 @@ a folder of nodes (``/layer1``), or a weight initializer (``fc1.weight``).
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-from edgeai.pruning.onnx_engine.channels import OUTPUT_REASON, ChannelGraph, Producer
+from edgeai.pruning.channel_sets import blocked, channel_layout
+from edgeai.pruning.onnx_engine.channels import ChannelGraph, Producer
 from edgeai.pruning.report import LayerStatus
 from edgeai.pruning.structure import Analysis, ChannelGroup, LayerInfo
 
@@ -79,7 +78,7 @@ def _groups(graph: ChannelGraph) -> list[ChannelGroup]:
     for members in _producer_sets(graph):
         roots = sorted({r for producer in members
                         for r in graph.uf.roots(producer.space).tolist()})
-        layout = _channel_layout(graph, roots)
+        layout = channel_layout(graph.uf, graph.constraints, roots, "convolution")
         order = layout[0] if isinstance(layout, tuple) else roots
         scores = dict.fromkeys(roots, 0.0)
         for producer in members:
@@ -97,41 +96,7 @@ def _groups(graph: ChannelGraph) -> list[ChannelGroup]:
             carriers=list(dict.fromkeys(names)),
             scores=np.array([scores[root] for root in order]),
             blocks=layout[1] if isinstance(layout, tuple) else 1,
-            blocked=_blocked(roots, frozen, layout),
+            blocked=blocked(roots, frozen, layout),
             inexact=next((inexact[root] for root in roots if root in inexact), None),
             handle=order))
     return groups
-
-
-def _blocked(roots: list[int], frozen: dict[int, str],
-             layout: tuple | str | None) -> tuple[LayerStatus, str] | None:
-    why = next((frozen[root] for root in roots if root in frozen), None)
-    if why == OUTPUT_REASON:
-        return LayerStatus.OUTPUT, why
-    if why is not None:
-        return LayerStatus.UNSUPPORTED, why
-    if isinstance(layout, str):
-        return LayerStatus.UNSUPPORTED, layout
-    return None
-
-
-def _channel_layout(graph: ChannelGraph, channel_roots: list[int]):
-    """None if no grouped Conv constrains these channels; else (channels in block order,
-    blocks); or a reason string when the constraints cannot be met together."""
-    wanted = set(channel_roots)
-    layout = None
-    for elements, parts, name in graph.constraints:
-        roots = graph.uf.roots(elements).tolist()
-        if not wanted.intersection(roots):
-            continue
-        if set(roots) != wanted or len(roots) != len(wanted) or len(roots) % parts:
-            return f"channels reach the grouped convolution {name} mixed with others"
-        if layout is None:
-            layout = (roots, parts)
-        elif layout[0] != roots:
-            return f"grouped convolutions order these channels differently ({name})"
-        else:
-            layout = (roots, math.lcm(layout[1], parts))
-            if len(roots) % layout[1]:
-                return f"{len(roots)} channels do not split into {layout[1]} groups ({name})"
-    return layout

@@ -36,45 +36,8 @@ from typing import Any
 import numpy as np
 import onnx
 
+from edgeai.pruning.channel_sets import OUTPUT_REASON, UnionFind
 from edgeai.pruning.onnx_engine.graph import CONTROL_FLOW, GraphIndex, attribute
-
-OUTPUT_REASON = "produces a model output"
-
-
-class UnionFind:
-    """Union-find over integer ids with path halving."""
-
-    def __init__(self) -> None:
-        self.parent: list[int] = []
-
-    def make(self, count: int) -> np.ndarray:
-        """``count`` new ids, each its own set."""
-        start = len(self.parent)
-        self.parent.extend(range(start, start + count))
-        return np.arange(start, start + count, dtype=np.int64)
-
-    def find(self, item: int) -> int:
-        """The root of ``item``'s set."""
-        parent = self.parent
-        while parent[item] != item:
-            parent[item] = parent[parent[item]]
-            item = parent[item]
-        return item
-
-    def union(self, a: int, b: int) -> None:
-        """Join the sets of ``a`` and ``b`` (the smaller root wins)."""
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
-
-    def roots(self, items: np.ndarray) -> np.ndarray:
-        """The root of each of ``items``."""
-        return np.fromiter((self.find(int(i)) for i in items), dtype=np.int64, count=len(items))
-
-    def all_roots(self) -> np.ndarray:
-        """The root of every id, as one array indexed by id."""
-        return np.fromiter((self.find(i) for i in range(len(self.parent))), dtype=np.int64,
-                           count=len(self.parent))
 
 
 @dataclass
