@@ -54,6 +54,26 @@ class Data:
         return self.take(order[:cut]), self.take(order[cut:])
 
 
+NPZ_MAX_BYTES = 1 << 30
+
+
+def check_npz_size(path: str, send: str) -> None:
+    """Refuse a dataset that is not a zip (.npz) or unpacks to more than NPZ_MAX_BYTES,
+    before numpy reads any of it; ``send`` says what to send instead."""
+    import zipfile
+
+    from edgeai.pruning.base import PruningError
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            unpacked = sum(info.file_size for info in archive.infolist())
+    except zipfile.BadZipFile:
+        raise PruningError(f"dataset: not an .npz archive. {send}") from None
+    if unpacked > NPZ_MAX_BYTES:
+        raise PruningError(f"dataset: {unpacked >> 20} MB unpacked; at most "
+                           f"{NPZ_MAX_BYTES >> 20} MB. {send}")
+
+
 def metric_kind(output: np.ndarray, labels: np.ndarray, channel_axis: int) -> str:
     """Which metric fits ``output`` (one batch) and ``labels``; raises NotMeasured."""
     out_shape, label_shape = tuple(output.shape), tuple(labels.shape)

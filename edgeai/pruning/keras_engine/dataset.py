@@ -5,16 +5,14 @@ bounds on its size, and checked against the model's input before anything runs.
 """
 from __future__ import annotations
 
-import zipfile
 from typing import Any
 
 import numpy as np
 
 from edgeai.pruning.base import PruningError, UnsafeInputError
-from edgeai.pruning.metric import Data
+from edgeai.pruning.metric import Data, check_npz_size
 
 MAX_SAMPLES = 2048
-MAX_BYTES = 1 << 30
 SEND = ("Send an .npz with an array x of samples shaped like the model's input and an "
         "array y of labels (class indices, one-hot rows, or float targets), e.g. "
         "numpy.savez('data.npz', x=x, y=y).")
@@ -22,14 +20,7 @@ SEND = ("Send an .npz with an array x of samples shaped like the model's input a
 
 def load_npz(path: str, model: Any) -> Data:
     """``x`` (at most 2048 samples) and ``y``; raises PruningError/UnsafeInputError."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            unpacked = sum(info.file_size for info in archive.infolist())
-    except zipfile.BadZipFile:
-        raise PruningError(f"dataset: not an .npz archive. {SEND}") from None
-    if unpacked > MAX_BYTES:
-        raise PruningError(f"dataset: {unpacked >> 20} MB unpacked; at most "
-                           f"{MAX_BYTES >> 20} MB. {SEND}")
+    check_npz_size(path, SEND)
     try:
         with np.load(path, allow_pickle=False) as archive:
             missing = [name for name in ("x", "y") if name not in archive.files]

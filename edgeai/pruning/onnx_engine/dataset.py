@@ -7,16 +7,13 @@ bounds on its size, and checked against the model's inputs before anything runs.
 """
 from __future__ import annotations
 
-import zipfile
-
 import numpy as np
 
 from edgeai.pruning.base import PruningError, UnsafeInputError
-from edgeai.pruning.metric import Data
+from edgeai.pruning.metric import Data, check_npz_size
 from edgeai.pruning.onnx_engine.loading import ModelInput
 
 MAX_SAMPLES = 2048
-MAX_BYTES = 1 << 30
 LABELS = "y"
 
 
@@ -32,14 +29,7 @@ def _send(inputs: list[ModelInput]) -> str:
 def load_npz(path: str, inputs: list[ModelInput]) -> Data:
     """The samples (at most 2048) and labels; raises PruningError/UnsafeInputError."""
     send = _send(inputs)
-    try:
-        with zipfile.ZipFile(path) as archive:
-            unpacked = sum(info.file_size for info in archive.infolist())
-    except zipfile.BadZipFile:
-        raise PruningError(f"dataset: not an .npz archive. {send}") from None
-    if unpacked > MAX_BYTES:
-        raise PruningError(f"dataset: {unpacked >> 20} MB unpacked; at most "
-                           f"{MAX_BYTES >> 20} MB. {send}")
+    check_npz_size(path, send)
     try:
         with np.load(path, allow_pickle=False) as archive:
             names = [item.name if item.name in archive.files or len(inputs) > 1 else "x"
