@@ -337,9 +337,11 @@ def _assemble(sources: list[tuple[int, str, int]], folders: JobFolders, uid: int
                             ("dev/shm", f"mode=1777,size={tmpfs_mb}m")):
         os.makedirs(f"{NEW_ROOT}/{folder}", mode=0o755, exist_ok=True)
         _mount("tmpfs", f"{NEW_ROOT}/{folder}", "tmpfs", MS_NOSUID | MS_NODEV, options)
+    # The job's disk (and the view's /tmp on it) first: a bind under /tmp (a checkout or
+    # a virtualenv there) then lands on top of it instead of being hidden by it.
+    _mount_job(folders, NEW_ROOT, uid, gid)
     for fd, path, flags in sources:
         _bind(fd, NEW_ROOT + path, flags)
-    _mount_job(folders, NEW_ROOT, uid, gid)
     for path in SYSTEM_DIRS:
         if os.path.islink(path):
             os.symlink(os.readlink(path), NEW_ROOT + path)

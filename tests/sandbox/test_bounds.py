@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 import textwrap
 import threading
 import time
@@ -291,3 +293,35 @@ def test_socket_buffers_count_against_memory(tmp_path, pool):
         sandbox.close()
     assert loot is None and failure == ("The job used more than the 1024 MB memory limit "
                                         "(EDGEAI_JOB_MEMORY_MB) and was stopped.")
+
+
+def test_a_read_only_folder_under_tmp_is_seen_beside_the_jobs_own_tmp(tmp_path, pool):
+    """A checkout or virtualenv under /tmp (a new user's clone there) is bound into the
+    view on top of the job's own /tmp, not hidden by it: the job reads it and still
+    writes its temporary files."""
+    shared = Path(tempfile.mkdtemp(prefix="edgeai-venv-", dir="/tmp"))
+    try:
+        shared.chmod(0o755)  # as a clone or a virtualenv is
+        (shared / "marker.txt").write_text("seen")
+        sandbox = Sandbox(tmp_path / "sandbox", Limits(timeout=120), zygotes=pool,
+                          entry="tests.sandbox.hostile_entry:run", hidden=(str(tmp_path),),
+                          extra_read_only=(str(REPO / "tests"), str(shared)))
+        try:
+            loot, failure = run(sandbox, tmp_path, f"""
+                import tempfile
+                loot['marker'] = open({str(shared / 'marker.txt')!r}).read()
+                with tempfile.NamedTemporaryFile(dir='/tmp') as handle:
+                    handle.write(b'x')
+                loot['tmp'] = 'written'
+                try:
+                    open({str(shared / 'new.txt')!r}, 'w')
+                except OSError as error:
+                    loot['write'] = type(error).__name__
+            """)
+        finally:
+            sandbox.close()
+    finally:
+        shutil.rmtree(shared)
+    assert failure is None, failure
+    assert loot == {"marker": "seen", "tmp": "written", "write": loot["write"]}
+    assert loot["write"] in ("PermissionError", "OSError")
