@@ -16,15 +16,19 @@ OUTPUT_REASON = "produces a model output"
 
 
 class UnionFind:
-    """Union-find over integer ids with path halving."""
+    """Union-find over integer ids with path halving. Roots are asked for in bulk once
+    the sets are built (an analysis, a rewrite, a mask): :meth:`roots` answers from one
+    array of every id's root, made on the first question after a change."""
 
     def __init__(self) -> None:
         self.parent: list[int] = []
+        self._roots: np.ndarray | None = None
 
     def make(self, count: int) -> np.ndarray:
         """``count`` new ids, each its own set."""
         start = len(self.parent)
         self.parent.extend(range(start, start + count))
+        self._roots = None
         return np.arange(start, start + count, dtype=np.int64)
 
     def find(self, item: int) -> int:
@@ -40,15 +44,25 @@ class UnionFind:
         ra, rb = self.find(a), self.find(b)
         if ra != rb:
             self.parent[max(ra, rb)] = min(ra, rb)
+            self._roots = None
 
     def roots(self, items: np.ndarray) -> np.ndarray:
         """The root of each of ``items``."""
-        return np.fromiter((self.find(int(i)) for i in items), dtype=np.int64, count=len(items))
+        return self.all_roots()[np.asarray(items, dtype=np.int64)]
 
     def all_roots(self) -> np.ndarray:
-        """The root of every id, as one array indexed by id."""
-        return np.fromiter((self.find(i) for i in range(len(self.parent))), dtype=np.int64,
-                           count=len(self.parent))
+        """The root of every id, as one array indexed by id (pointer jumping over the
+        parent array until every id points at its root; kept until the next change)."""
+        if self._roots is None:
+            parent = np.asarray(self.parent, dtype=np.int64)
+            while True:
+                grand = parent[parent]
+                if np.array_equal(grand, parent):
+                    break
+                parent = grand
+            parent.flags.writeable = False
+            self._roots = parent
+        return self._roots
 
 
 def blocked(roots: list[int], frozen: dict[int, str],

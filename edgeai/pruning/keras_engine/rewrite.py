@@ -37,12 +37,14 @@ class Removal:
     def __init__(self, graph: ChannelGraph, roots: set[int]):
         self.graph = graph
         self.roots = np.fromiter(roots, dtype=np.int64) if roots else None
+        # Every id's fate at once: one pass, where asking per layer walked the sets again.
+        self._keep = None if self.roots is None else ~np.isin(graph.uf.all_roots(), self.roots)
 
     def alive(self, elements: np.ndarray) -> np.ndarray:
         """Boolean mask: which of ``elements`` survive."""
-        if self.roots is None:
+        if self._keep is None:
             return np.ones(len(elements), dtype=bool)
-        return ~np.isin(self.graph.uf.roots(elements), self.roots)
+        return self._keep[elements]
 
 
 Cut = Callable[[np.ndarray, int, np.ndarray], np.ndarray]
@@ -59,7 +61,7 @@ def zero_out(array: np.ndarray, axis: int, keep: np.ndarray) -> np.ndarray:
     """Zero the entries along ``axis`` that ``keep`` drops (the mask)."""
     shape = [1] * array.ndim
     shape[axis] = len(keep)
-    return np.where(keep.reshape(shape), array, 0).astype(array.dtype)
+    return np.where(keep.reshape(shape), array, array.dtype.type(0))
 
 
 def sliced_weights(layer, record, removal: Removal, _slice: Cut = slice_out,
