@@ -13,6 +13,7 @@ which the supervisor keeps the tail of.
 """
 from __future__ import annotations
 
+import gc
 import importlib
 import json
 import os
@@ -80,6 +81,9 @@ def run_child(settings: dict[str, Any], forked: bool = False) -> int:
 
     warm_started = time.perf_counter()
     run = _runner(settings)
+    # The framework's and the warm-up's objects outlive the job: a full collection
+    # during the job no longer walks them (about 0.2 s of a ResNet50 job).
+    gc.freeze()
     warm_up_seconds = time.perf_counter() - warm_started
     writer.send({"type": "ready", "confinement": confinement})
 
