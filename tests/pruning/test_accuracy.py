@@ -51,9 +51,15 @@ def digits():
 class Digits:
     """A trained model of one framework, its held-back data, and jobs on them."""
 
-    def __init__(self, framework: str, folder: Path):
+    def __init__(self, framework: str, folder: Path, order: int = 0):
+        """``order``: 0 for the digits as scikit-learn ships them, else the seed of a
+        shuffle (another training set and another held-out set; the benchmark's
+        recovery figure over several splits)."""
         self.framework, self.folder = framework, folder
         x, y = digits()
+        if order:
+            shuffle = np.random.default_rng(order).permutation(len(x))
+            x, y = x[shuffle], y[shuffle]
         self.train(x[:1200], y[:1200])
         self.data = (x[1200:], y[1200:])
         if framework == "tensorflow":
