@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeai.client import (
+    TERMINAL_STATES,
     JobFailed,
     ProgressCallback,
     as_callback,
@@ -76,6 +77,8 @@ class LocalJob:
         self.staging = self.folder / "work"
         self._cancel = threading.Event()
         self._lock = threading.Lock()
+        # Notified on every change: a waiting display sees each phase, however short.
+        self._changed = threading.Condition(self._lock)
         self.last_status: dict[str, Any] = {"status": "1", "state": "queued", "txid": self.txid,
                                             "phase": "queued", "progress": None,
                                             "message": "Starting the sandbox."}
@@ -86,6 +89,7 @@ class LocalJob:
         with self._lock:
             self.last_status = {**self.last_status, **values}
             self.last_status["status"] = STATUS_CODES[self.last_status["state"]]
+            self._changed.notify_all()
 
     def _run(self) -> None:
         from edgeai.config import load_settings
@@ -149,7 +153,9 @@ class LocalJob:
     def wait(self, progress: bool | ProgressCallback = False, timeout: float | None = None,
              poll: float = 0.5) -> dict[str, Any]:
         """Wait for the run to end; return its final status (see
-        :meth:`edgeai.client.Job.wait`). Raises JobFailed or TimeoutError."""
+        :meth:`edgeai.client.Job.wait`): ``progress`` gets the status at once, on every
+        change (each phase, however short) and at least every ``poll`` seconds. Raises
+        JobFailed or TimeoutError."""
         report = as_callback(progress)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -157,11 +163,14 @@ class LocalJob:
             status = self.status()
             if report:
                 report(status)
-            if not alive:
+            if not alive or job_state(status) in TERMINAL_STATES:
                 break
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"local run still {job_state(status)} after {timeout} s")
-            self._thread.join(poll)
+            with self._changed:
+                if self.last_status == status:
+                    self._changed.wait(poll)
+        self._thread.join(poll)  # it ends right after its last change
         if status["state"] != "done":
             raise JobFailed(str(status.get("message")), None, status)
         return status

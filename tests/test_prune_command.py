@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from tests.conftest import reachable_tmp
 from tests.e2e.guide import build_mnist_base
 from tests.e2e.test_prune_cli import PHASE_LINE, edgeai_prune
 
@@ -94,3 +95,27 @@ def test_the_summary_says_what_a_latency_target_reached(tmp_path):
     assert lines[1].startswith("latency target 0.5: met: 0.480 of the original's latency")
     plain = summary({"report": {"target": {"metric": "macs", "keep": 0.5}}}, tmp_path, 1.0)
     assert "latency" not in plain
+
+
+def test_a_local_wait_sees_each_phase_without_waiting_a_poll_interval(keras_model, tmp_path):
+    """The display is told of every change as it happens: with a 30 s poll interval, a
+    job of a few seconds still shows its phases and ends the wait as soon as it is done."""
+    import time
+
+    from edgeai.local import LocalJob
+    from edgeai.pruning.progress import JOB_PHASES
+
+    folder = reachable_tmp(tmp_path)
+    model = folder / "mnist_base.h5"
+    model.write_bytes(keras_model.read_bytes())
+    job = LocalJob("tensorflow", {"model": model}, {"percent": "0.4", "measure": "false"})
+    seen: list[dict] = []
+    try:
+        started = time.monotonic()
+        job.wait(progress=seen.append, poll=30, timeout=240)
+        waited = time.monotonic() - started
+    finally:
+        job.close()
+    phases = [status.get("phase") for status in seen]
+    assert set(phases) & set(JOB_PHASES), phases
+    assert phases[-1] == "done" and waited < 25, (phases, waited)
