@@ -42,6 +42,10 @@ CHUNK_BYTES = 1 << 20
 # How long a status call asks the server to hold it while the job runs (the server's
 # maximum is 30 s); with a progress display, the poll interval instead.
 LONG_POLL_SECONDS = 25.0
+# A progress display's first held call, in seconds; each next one holds half as long
+# again, up to the poll interval: a job that ends within a second still shows its
+# phases, and a long one is asked about once a poll interval.
+FIRST_PROGRESS_HOLD = 0.2
 
 ProgressCallback = Callable[[dict[str, Any]], None]
 
@@ -374,21 +378,27 @@ class Job:
         return status.get("report")
 
     def updates(self, poll: float = 1.0, timeout: float | None = None,
-                hold: float | None = None, now: bool = False) -> Iterator[dict[str, Any]]:
+                hold: float | None = None, now: bool = False,
+                ramp: float | None = None) -> Iterator[dict[str, Any]]:
         """Yield each status until the job ends (the last one yielded is terminal).
 
         Each status call asks the server to hold it up to ``hold`` seconds (default
         ``poll``) and answer as soon as the job ends, so the end is seen at once; a
         status at least every ``poll`` seconds otherwise. ``now`` makes the first call
         answer at once (a progress display shows the job was taken before it ends).
+        ``ramp``: the first held call holds this long (and the pace is this), each next
+        one half as long again, up to ``hold`` and ``poll``.
         Raises TimeoutError after ``timeout`` seconds, or ClientError from a call.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         hold = poll if hold is None else hold
+        pace = poll if ramp is None else min(ramp, poll)
         first = now
         while True:
             asked = time.monotonic()
-            left = hold if deadline is None else min(hold, deadline - asked)
+            held = hold if ramp is None else min(hold, pace)
+            left = held if deadline is None else min(held, deadline - asked)
+            immediate = first
             if first:
                 left, first = 0.0, False
             status = self.status(wait=max(0.0, left))
@@ -400,7 +410,9 @@ class Job:
                                    f"{timeout} s")
             # A server that answered before ``poll`` (an older one, or one busy with
             # other waiting calls) did not hold the call: poll at the usual pace.
-            time.sleep(max(0.0, poll - (time.monotonic() - asked)))
+            if not immediate:
+                time.sleep(max(0.0, pace - (time.monotonic() - asked)))
+                pace = min(poll, pace * 1.5)
 
     def wait(self, progress: bool | ProgressCallback = False, timeout: float | None = None,
              poll: float = 1.0) -> dict[str, Any]:
@@ -409,14 +421,15 @@ class Job:
 
         ``progress=True`` prints a line to stderr when the state, phase or progress
         changes, the first at once; a callable gets every status instead (the first at
-        once, then about every ``poll`` seconds).
+        once, then after 0.2 s, 0.3 s, ... up to every ``poll`` seconds).
         Raises JobFailed with the server's reason if the job failed or expired,
         TimeoutError after ``timeout``.
         """
         report = as_callback(progress)
         status: dict[str, Any] = {}
         for status in self.updates(poll, timeout, hold=poll if report else LONG_POLL_SECONDS,
-                                   now=bool(report)):
+                                   now=bool(report),
+                                   ramp=FIRST_PROGRESS_HOLD if report else None):
             if report:
                 report(status)
         if job_state(status) != "done":

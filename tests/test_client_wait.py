@@ -77,3 +77,21 @@ def test_a_progress_display_gets_the_first_status_at_once_then_held_calls(status
     Client(url, "id", "secret").job(TXID).wait(progress=seen.append, poll=0.05, timeout=10)
     assert ["wait" in c for c in calls] == [False, True, True]  # the job was taken: shown
     assert len(seen) == 3 and seen[-1]["status"] == "0"
+
+
+def test_a_progress_display_asks_again_soon_then_at_the_poll_interval(status_server):
+    """A job that ends within a second still shows its phases: after the first status, the
+    held calls ask 0.2 s, 0.3 s, 0.45 s ... up to the poll interval (then stay there)."""
+    url, calls, answer = status_server
+    answer["fn"] = lambda args, n: (200, {"status": "0" if n >= 8 else "2", "message": "ok"})
+    Client(url, "id", "secret").job(TXID).wait(progress=lambda status: None, poll=1.0,
+                                              timeout=30)
+    assert [float(c["wait"]) if "wait" in c else None for c in calls] == \
+        [None, 0.2, 0.3, 0.45, 0.675, 1.0, 1.0, 1.0]
+
+
+def test_waiting_without_a_display_holds_each_call_long(status_server):
+    url, calls, answer = status_server
+    answer["fn"] = lambda args, n: (200, {"status": "0" if n >= 2 else "2", "message": "ok"})
+    Client(url, "id", "secret").job(TXID).wait(poll=0.05, timeout=120)
+    assert [float(c["wait"]) for c in calls] == [25.0, 25.0]
