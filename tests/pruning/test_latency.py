@@ -328,3 +328,46 @@ def test_the_median_interval_is_the_order_statistics_that_hold_it_90_percent(n, 
         coverage = 1 - 2 * sum(comb(n, i) for i in range(low)) / 2 ** n
         tighter = 1 - 2 * sum(comb(n, i) for i in range(low + 1)) / 2 ** n
         assert coverage >= 0.9 and (tighter < 0.9 or low + 1 > n - low)
+
+
+def test_an_onnx_analysis_returns_the_latency_plan_that_a_prune_takes(tmp_path):
+    """onnx_analyze with target=latency:F: timed in ONNX Runtime, each step chosen on
+    the data (labelled with the original's own classes), the plan is the download; sent
+    back as a prune's plan, it prunes the same channels."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    from edgeai.pruning.onnx_engine import OnnxPruner
+    from tests.pruning.onnx_engine.models import export_torch
+
+    namespace: dict = {}
+    exec(compile(CNN, "model.py", "exec"), namespace)
+    torch.manual_seed(0)
+    path = tmp_path / "cnn.onnx"
+    export_torch(namespace["Net"](), (3, 64, 64), path)
+    x = np.random.default_rng(0).normal(size=(30, 3, 64, 64)).astype("float32")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    logits = session.run(None, {session.get_inputs()[0].name: x})[0]
+    np.savez(tmp_path / "data.npz", x=x, y=logits.argmax(axis=1))
+
+    def job(name: str, extra: dict, **options) -> PruneJob:
+        out = tmp_path / name
+        out.mkdir()
+        inputs = {"model": str(path), "dataset": str(tmp_path / "data.npz"), **extra}
+        return PruneJob(framework="onnx", percent=0.0, omitted=(), inputs=inputs,
+                        input_names={role: Path(p).name for role, p in inputs.items()},
+                        output_dir=str(out), output_stem="tmplatency",
+                        options={"threads": 1, "measure": False, **options})
+
+    analysis = OnnxPruner().prune(job("analysis", {}, task="analyze", **latency(0.6)))
+    result = analysis.report["sensitivity"]
+    assert result["latency"] is True and result["plan"]
+    assert analysis.report["target"]["runtime"] == "onnxruntime"
+    assert analysis.report["target"]["measured"] is True
+    assert result["plan_result"]["metric"] is not None and result["uniform"]["metric"] is not None
+    plan_file = tmp_path / "analysis" / analysis.artifact
+    assert json.loads(plan_file.read_text()) == result["plan"]
+    pruned = OnnxPruner().prune(job("prune", {"plan": str(plan_file)})).report
+    assert pruned["plan"] == result["plan"]
+    assert pruned["verification"]["exactness"]["passed"] is True
