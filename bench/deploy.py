@@ -157,7 +157,8 @@ def program_rows(tmp: Path) -> list[dict]:
                                               (torch.randn(1, 3, 96, 96),)), path)
         for percent in PERCENTS:
             job = _job("pytorch", {"model": str(path)}, {"model": path.name},
-                       tmp / f"{path.stem}-{percent}" / "out", percent, {"formats": ["onnx"]})
+                       tmp / f"pt2-{path.stem}-{percent}" / "out", percent,
+                       {"formats": ["onnx"]})
             rows.append(_row(f"{name} (.pt2)", percent, engine.prune(job).report))
     return rows
 
@@ -188,7 +189,7 @@ def onnx_rows(tmp: Path) -> list[dict]:
     for label, model in models.items():
         for percent in PERCENTS:
             job = _job("onnx", {"model": str(model)}, {"model": model.name},
-                       tmp / f"{model.stem}-{percent}" / "out", percent, {})
+                       tmp / f"onnx-{model.stem}-{percent}" / "out", percent, {})
             rows.append(_row(label, percent, engine.prune(job).report))
     return rows
 
