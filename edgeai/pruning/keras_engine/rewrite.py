@@ -36,9 +36,9 @@ class Removal:
 
     def __init__(self, graph: ChannelGraph, roots: set[int]):
         self.graph = graph
-        self.roots = np.fromiter(roots, dtype=np.int64) if roots else None
         # Every id's fate at once: one pass, where asking per layer walked the sets again.
-        self._keep = None if self.roots is None else ~np.isin(graph.uf.all_roots(), self.roots)
+        self._keep = ~np.isin(graph.uf.all_roots(), np.fromiter(roots, dtype=np.int64)) \
+            if roots else None
 
     def alive(self, elements: np.ndarray) -> np.ndarray:
         """Boolean mask: which of ``elements`` survive."""
