@@ -396,11 +396,9 @@ class Job:
         first = now
         while True:
             asked = time.monotonic()
-            held = hold if ramp is None else min(hold, pace)
-            left = held if deadline is None else min(held, deadline - asked)
-            immediate = first
-            if first:
-                left, first = 0.0, False
+            left = 0.0 if first else (hold if ramp is None else min(hold, pace))
+            if deadline is not None:
+                left = min(left, deadline - asked)
             status = self.status(wait=max(0.0, left))
             yield status
             if job_state(status) in TERMINAL_STATES:
@@ -410,9 +408,10 @@ class Job:
                                    f"{timeout} s")
             # A server that answered before ``poll`` (an older one, or one busy with
             # other waiting calls) did not hold the call: poll at the usual pace.
-            if not immediate:
+            if not first:
                 time.sleep(max(0.0, pace - (time.monotonic() - asked)))
                 pace = min(poll, pace * 1.5)
+            first = False
 
     def wait(self, progress: bool | ProgressCallback = False, timeout: float | None = None,
              poll: float = 1.0) -> dict[str, Any]:
