@@ -62,19 +62,8 @@ def run_child(settings: dict[str, Any], forked: bool = False) -> int:
     """Confine, warm up, report ready, run one job; return the exit code (0 when a
     result was sent). ``settings``: ``framework``, ``confine`` (the spec of
     :func:`edgeai.sandbox.confine.confine`), ``entry``, ``probe``, ``channel_fd``."""
-    started = time.perf_counter()
     writer = ChannelWriter(int(settings.get("channel_fd", CHANNEL_FD)))
-    from edgeai.sandbox.confine import confine
-
-    confinement = confine(settings["confine"])
-    confinement["confine_ms"] = round((time.perf_counter() - started) * 1000, 1)
-    confinement["forked"] = forked
-    workdir = confinement["workdir"]
-    os.chdir(workdir)
-    if not confinement["layers"]["view"]:
-        # No private /tmp: temporary files go to the job's folder, never the host's /tmp.
-        os.makedirs(os.path.join(workdir, ".tmp"), exist_ok=True)
-        os.environ["HOME"] = os.environ["TMPDIR"] = os.path.join(workdir, ".tmp")
+    confinement = _confined(settings, forked)
     if settings.get("probe"):
         writer.send({"type": "ready", "confinement": confinement})
         return 0
@@ -90,37 +79,17 @@ def run_child(settings: dict[str, Any], forked: bool = False) -> int:
     line = _read_line(0)
     if not line:
         return 0  # the supervisor gave this child no job
-    from edgeai.pruning import PruneJob, PruningError, progress
+    from edgeai.pruning import PruneJob, progress
 
     job = PruneJob.from_dict(json.loads(line)["job"])
     progress.track(writer.send_progress)
     job_started = time.perf_counter()
     try:
         result = run(job)
-    except PruningError as error:
-        writer.send({"type": "result", "ok": False, "error": str(error),
-                     "kind": type(error).__name__})
-        return 0
-    except MemoryError:
-        limit = settings["confine"]["limits"]["memory_mb"]
-        writer.send({"type": "result", "ok": False, "kind": "MemoryError",
-                     "error": f"The job ran out of memory (limit {limit} MB)."})
-        return 0
     except Exception as error:  # noqa: BLE001 - any engine bug fails this job only
-        traceback.print_exc()
-        writer.send({"type": "result", "ok": False, "kind": type(error).__name__,
-                     "error": f"Pruning failed: {type(error).__name__}: {error}"})
+        writer.send(_failure(error, settings["confine"]["limits"]["memory_mb"]))
         return 0
-    report = dict(result.report)
-    artifacts = {"model": result.artifact, **dict(report.get("artifacts") or {})}
-    artifacts["model"] = result.artifact
-    report["artifacts"] = artifacts
-    sent = set()
-    for key, name in artifacts.items():  # each file once, under the first key naming it
-        if name and name not in sent:
-            sent.add(name)
-            writer.send_file(key, _suffix(name, job.output_stem),
-                             os.path.join(job.output_dir, name))
+    report = _send_files(writer, result, job)
     stats = {"warm_up_seconds": round(warm_up_seconds, 3),
              "job_seconds": round(time.perf_counter() - job_started, 3),
              # ru_maxrss is in KiB on Linux; it includes the framework import.
@@ -128,6 +97,55 @@ def run_child(settings: dict[str, Any], forked: bool = False) -> int:
     writer.send({"type": "result", "ok": True, "message": result.message, "report": report,
                  "stats": stats})
     return 0
+
+
+def _confined(settings: dict[str, Any], forked: bool) -> dict[str, Any]:
+    """Confine this process (:func:`edgeai.sandbox.confine.confine`) and move into the
+    job's folder; return what the kernel says is in force, with the time it took."""
+    started = time.perf_counter()
+    from edgeai.sandbox.confine import confine
+
+    confinement = confine(settings["confine"])
+    confinement["confine_ms"] = round((time.perf_counter() - started) * 1000, 1)
+    confinement["forked"] = forked
+    workdir = confinement["workdir"]
+    os.chdir(workdir)
+    if not confinement["layers"]["view"]:
+        # No private /tmp: temporary files go to the job's folder, never the host's /tmp.
+        os.makedirs(os.path.join(workdir, ".tmp"), exist_ok=True)
+        os.environ["HOME"] = os.environ["TMPDIR"] = os.path.join(workdir, ".tmp")
+    return confinement
+
+
+def _failure(error: Exception, memory_mb: int) -> dict[str, Any]:
+    """The result message for a job that raised ``error``."""
+    from edgeai.pruning import PruningError
+
+    if isinstance(error, PruningError):
+        return {"type": "result", "ok": False, "error": str(error),
+                "kind": type(error).__name__}
+    if isinstance(error, MemoryError):
+        return {"type": "result", "ok": False, "kind": "MemoryError",
+                "error": f"The job ran out of memory (limit {memory_mb} MB)."}
+    traceback.print_exc()
+    return {"type": "result", "ok": False, "kind": type(error).__name__,
+            "error": f"Pruning failed: {type(error).__name__}: {error}"}
+
+
+def _send_files(writer: ChannelWriter, result: Any, job: Any) -> dict[str, Any]:
+    """Stream every file the job made on the channel (each once, under the first key
+    naming it); return the report with the artifacts' map, the model under ``model``."""
+    report = dict(result.report)
+    artifacts = {"model": result.artifact, **dict(report.get("artifacts") or {})}
+    artifacts["model"] = result.artifact
+    report["artifacts"] = artifacts
+    sent = set()
+    for key, name in artifacts.items():
+        if name and name not in sent:
+            sent.add(name)
+            writer.send_file(key, _suffix(name, job.output_stem),
+                             os.path.join(job.output_dir, name))
+    return report
 
 
 def main() -> int:
