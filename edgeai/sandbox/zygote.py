@@ -191,35 +191,43 @@ def serve(settings: dict[str, Any]) -> int:
         if not data:
             return 0  # every server process is gone; our children die with us (their
             # parent-death signal is ours: this process has one thread)
-        try:
-            request = json.loads(data)
-        except ValueError:
-            request = {}
-        if not fds:
-            continue
-        reply = socket.socket(fileno=fds[-1])
-        if request.get("op") == "hello" and len(fds) == 1:
-            _answer(reply, {"ready": info})
-            reply.close()
-            continue
-        if request.get("op") != "fork" or len(fds) != 4 or not info["fork_safe"]:
-            for fd in fds[:-1]:
-                os.close(fd)
-            _answer(reply, {"refused": "not fork-safe" if not info["fork_safe"] else
-                            "a malformed request"})
-            reply.close()
-            continue
-        pid = os.fork()
-        if pid == 0:
-            _become_child(request, fds)
+        _handle(data, fds, info, replies)
+
+
+def _handle(data: bytes, fds: list[int], info: dict[str, Any],
+            replies: dict[int, socket.socket]) -> None:
+    """Answer one request (its reply socket is the last descriptor): ``hello`` with
+    ``info``; ``fork`` (three descriptors for the child) with the child's pid and a
+    pidfd, its reply socket kept in ``replies`` for its exit; anything else refused."""
+    try:
+        request = json.loads(data)
+    except ValueError:
+        request = {}
+    if not fds:
+        return
+    reply = socket.socket(fileno=fds[-1])
+    if request.get("op") == "hello" and len(fds) == 1:
+        _answer(reply, {"ready": info})
+        reply.close()
+        return
+    if request.get("op") != "fork" or len(fds) != 4 or not info["fork_safe"]:
         for fd in fds[:-1]:
             os.close(fd)
-        pidfd = os.pidfd_open(pid)
-        try:
-            _answer(reply, {"forked": pid}, [pidfd])
-        finally:
-            os.close(pidfd)
-        replies[pid] = reply
+        _answer(reply, {"refused": "not fork-safe" if not info["fork_safe"] else
+                        "a malformed request"})
+        reply.close()
+        return
+    pid = os.fork()
+    if pid == 0:
+        _become_child(request, fds)
+    for fd in fds[:-1]:
+        os.close(fd)
+    pidfd = os.pidfd_open(pid)
+    try:
+        _answer(reply, {"forked": pid}, [pidfd])
+    finally:
+        os.close(pidfd)
+    replies[pid] = reply
 
 
 def _reap(replies: dict[int, socket.socket]) -> None:
