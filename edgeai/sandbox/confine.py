@@ -540,16 +540,7 @@ def confine(spec: dict[str, Any]) -> dict[str, Any]:
     layers.attempt("view", lambda: build_view(spec["job"], spec.get("inputs"), read_only, uid,
                                               gid, spec.get("tmpfs_mb", 64),
                                               with_proc=bool(layers.state["pid"])))
-    if layers.state["view"]:
-        workdir, inputs = JOB_DIR, f"{JOB_DIR}/inputs"
-    elif spec["job"].get("folder"):
-        workdir, inputs = spec["job"]["folder"], spec.get("inputs")
-        for name in ("out", ".tmp"):
-            os.makedirs(f"{workdir}/{name}", mode=0o700, exist_ok=True)
-            os.chown(f"{workdir}/{name}", uid, gid)
-    else:
-        raise ConfinementError("the job's disk image can be mounted only in the view "
-                               f"({layers.notes.get('view', 'skipped')})")
+    workdir, inputs = _job_folders(spec, layers, uid, gid)
     if layers.wanted("network"):
         layers.state["network"] = network_interfaces() == ["lo"]
     if not layers.state["view"] and (why := interpreter_reachable(read_only, uid, gid)):
@@ -567,6 +558,23 @@ def confine(spec: dict[str, Any]) -> dict[str, Any]:
             "workdir": workdir, "inputs": inputs,
             "disk": "image" if spec["job"].get("image") else "folder",
             "cpus": sorted(os.sched_getaffinity(0))}
+
+
+def _job_folders(spec: dict[str, Any], layers: _Layers, uid: int,
+                 gid: int) -> tuple[str, str | None]:
+    """(the job's folder, its inputs' folder) as the job sees them: in the view, its
+    mounted disk; without, the server's folder (its ``out`` and ``.tmp`` made the job
+    user's). Raises ConfinementError for a disk image, which only the view can mount."""
+    if layers.state["view"]:
+        return JOB_DIR, f"{JOB_DIR}/inputs"
+    if not spec["job"].get("folder"):
+        raise ConfinementError("the job's disk image can be mounted only in the view "
+                               f"({layers.notes.get('view', 'skipped')})")
+    workdir = spec["job"]["folder"]
+    for name in ("out", ".tmp"):
+        os.makedirs(f"{workdir}/{name}", mode=0o700, exist_ok=True)
+        os.chown(f"{workdir}/{name}", uid, gid)
+    return workdir, spec.get("inputs")
 
 
 def _read_back(layers: _Layers, hidden: tuple[str, ...]) -> None:
