@@ -105,7 +105,13 @@ def test_twenty_jobs_survive_an_api_restart_and_a_killed_worker(cluster, databas
     state, claimer, attempts = rows(database, [victim])[victim]
     assert (state, claimer) == ("done", ids["worker-1"]) and attempts >= 2
     assert finals[victim]["txid"] == victim
-    runs = finished_runs(cluster)
+    # A worker logs a job's outcome after writing its row (and removing its inputs from
+    # the store): the status can say done a few ms before the line is in the log.
+    def logged():
+        counted = finished_runs(cluster)
+        return counted if all(counted[txid] for txid in txids) else None
+
+    runs = wait_until(logged, 30, "every outcome in the workers' logs")
     assert {txid: runs[txid] for txid in txids} == dict.fromkeys(txids, 1)  # exactly once
     for txid, body in finals.items():
         response = requests.get(f"{cluster.url}/api/download", params={"txid": txid},
