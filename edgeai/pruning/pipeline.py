@@ -112,11 +112,13 @@ def run(engine: Engine, job: PruneJob) -> PruneResult:
                            compiled and final is pruned)
         report.verification.exactness = verify_exactness(engine, loaded, analysis, plan,
                                                          pruned, batch, expected, compiled)
-    if accuracy.active and int(job.options.get("finetune_epochs") or 0) > 0:
+    tuned = accuracy.active and int(job.options.get("finetune_epochs") or 0) > 0
+    if tuned:
         with step(report, "finetune"):
-            final = accuracy.finetune(final, job)
-    if final is not pruned:
-        engine.release(pruned)
+            final = accuracy.finetune(final, job)  # trained in place
+    if final is not pruned or tuned:  # the shipped model's own outputs, for the round trip
+        if final is not pruned:
+            engine.release(pruned)
         pruned, expected = final, outputs(engine, final, batch, "The recovered model", compiled)
     report.evaluation = accuracy.finish()
     _legacy_accuracy(report)

@@ -161,6 +161,17 @@ def test_recovery_then_fine_tuning_win_back_the_accuracy(trained):
     assert result.report["verification"]["round_trip"]["passed"] is True
 
 
+def test_fine_tuning_without_recovery_ships_the_fine_tuned_model(trained):
+    """recover=false with finetune_epochs: the rewrite itself is trained (in place), and
+    the round trip compares the saved file with it as trained, not as rewritten (every
+    such job failed the round trip before)."""
+    result = trained.engine().prune(trained.job(0.5, recover=False, finetune_epochs=1))
+    evaluation = result.report["evaluation"]
+    assert evaluation["after_recovery"] is None and len(evaluation["epochs"]) == 1
+    assert evaluation["after_finetune"] > evaluation["after_prune"]
+    assert result.report["verification"]["round_trip"]["passed"] is True
+
+
 def test_recover_false_ships_the_model_as_rewritten(trained):
     result = trained.engine().prune(trained.job(0.5, recover=False))
     evaluation = result.report["evaluation"]
