@@ -207,11 +207,17 @@ def resnet_rows(resnet_time: float, floor: float, report: dict,
          + f", verify {verify:.2f}, the rest {max(0.0, job - sum(timings.values()) - verify):.2f}"),
         ("  outside the child: upload, claim, publish, poll", f"{resnet_time - job:.2f} s", ""),
     ]
-    load_save = timings.get("load", 0) + timings.get("save", 0)
+    # A plain Keras 3 model is written to its file and loaded from it within the rewrite
+    # step: that load is the round trip's (its seconds), counted with load + save here.
+    written = (checks.get("round_trip") or {}).get("seconds") or 0.0 \
+        if "this file" in ((checks.get("round_trip") or {}).get("detail") or "") else 0.0
+    load_save = timings.get("load", 0) + timings.get("save", 0) + written
     if load_save:
-        rewrite = timings.get("analyse", 0) + timings.get("rewrite", 0)
+        rewrite = timings.get("analyse", 0) + timings.get("rewrite", 0) - written
         rows.append(("  Keras analyse + rewrite / load + save", f"{rewrite / load_save:.2f}",
-                     f"{rewrite:.2f} s / {load_save:.2f} s (aim < 0.25)"))
+                     f"{rewrite:.2f} s / {load_save:.2f} s (aim < 0.25)"
+                     + (f"; the written file's load ({written:.2f} s) counted as the save's"
+                        if written else "")))
     if job:
         rows.append(("  verify (exactness + round trip) / job", f"{verify / job:.2f}",
                      f"{verify:.2f} s of {job:.2f} s (aim <= 0.10); exactness max diff "

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -11,6 +12,15 @@ from edgeai.pruning.base import PruneJob, PruneResult, PruningError
 from edgeai.pruning.report import JobReport
 from edgeai.pruning.spec import EngineSpec
 from edgeai.pruning.structure import Analysis, LayerCost, Loaded, Plan
+
+
+@dataclass
+class Written:
+    """A pruned model loaded from the file it was written to (:meth:`Engine.rewrite_saved`)."""
+
+    model: Any
+    artifacts: dict[str, str | None]
+    load_seconds: float
 
 
 class Engine(ABC):
@@ -123,6 +133,14 @@ class Engine(ABC):
         samples and labels), if it brought any (None otherwise). Raises PruningError
         for a dataset that cannot be used at all (unreadable, wrong sample shape)."""
         return None
+
+    def rewrite_saved(self, loaded: Loaded, analysis: Analysis, plan: Plan, job: PruneJob,
+                      ) -> tuple[Written | None, str | None]:
+        """The pruned model written straight to its file in ``job.output_dir`` and loaded
+        from it as a user loads it — so that the model every later step checks is the
+        shipped file's — or None where the engine does not (then :meth:`rewrite` and
+        :meth:`save` do); and, where it tried and failed, why."""
+        return None, None
 
     def copy(self, model: Any) -> Any:
         """An independent copy of ``model`` (same architecture and weights)."""

@@ -25,7 +25,7 @@ from typing import Any
 from edgeai.pruning import progress
 from edgeai.pruning.accuracy import Accuracy
 from edgeai.pruning.base import PruneJob, PruneResult, PruningError
-from edgeai.pruning.engine import Engine
+from edgeai.pruning.engine import Engine, Written
 from edgeai.pruning.latency import search_latency
 from edgeai.pruning.plan import (
     check_omitted,
@@ -48,6 +48,7 @@ from edgeai.pruning.verify import (
     outputs,
     verify_exactness,
     verify_round_trip,
+    written_round_trip,
 )
 
 __all__ = ["Analysis", "ChannelGroup", "Engine", "LayerInfo", "Loaded", "Plan", "run", "step"]
@@ -101,43 +102,59 @@ def run(engine: Engine, job: PruneJob) -> PruneResult:
     if job.options.get("task") == "analyze":
         return analyse(engine, loaded, analysis, job, report, accuracy)
     meters: dict[tuple[str, int], Meter] = {}
-    plan, pruned = choose(engine, loaded, analysis, job, report, accuracy, meters)
-    report.layers = layer_changes(analysis, plan, engine.widths(pruned))
-    rounding_hints(report.layers, report.round_to, report.warnings)
-    final = evaluate_and_recover(engine, accuracy, pruned, loaded, analysis, plan, job, report)
-    batch = engine.example_batch(loaded, SEED)
-    compiled = compile_for_timing(engine, job, report, (final, loaded.model), batch)
-    with step(report, "verify"):
-        expected = outputs(engine, pruned, batch, "The pruned model",
-                           compiled and final is pruned)
-        report.verification.exactness = verify_exactness(engine, loaded, analysis, plan,
-                                                         pruned, batch, expected, compiled)
-    tuned = accuracy.active and int(job.options.get("finetune_epochs") or 0) > 0
-    if tuned:
-        with step(report, "finetune"):
-            final = accuracy.finetune(final, job)  # trained in place
-    if final is not pruned or tuned:  # the shipped model's own outputs, for the round trip
-        if final is not pruned:
-            engine.release(pruned)
-        pruned, expected = final, outputs(engine, final, batch, "The recovered model", compiled)
-    report.evaluation = accuracy.finish()
-    _legacy_accuracy(report)
-    report.params_after, report.macs_after = engine.measure(pruned, loaded)
-    save(engine, pruned, loaded, job, report)
-    with step(report, "verify"):
-        report.verification.round_trip = verify_round_trip(engine, job, report.artifacts,
-                                                           pruned, batch, expected)
-    if job.options.get("formats"):
-        with step(report, "export"):
-            report.exports = check_exports(engine, pruned, loaded, job, batch, expected)
-            report.artifacts.update({fmt: check.file for fmt, check in report.exports.items()})
-    if job.options.get("measure", True):
-        with step(report, "measure"):
-            # The original is masked by now: the same architecture, so the same speed.
-            report.speed = measure_speed(engine, loaded, loaded.model, pruned, job,
-                                         report.artifacts, meters)
-    return PruneResult(artifact=report.artifacts["model"] or "",
-                       message=engine.summary(pruned, loaded, job), report=report.to_dict())
+    plan, pruned, written = choose(engine, loaded, analysis, job, report, accuracy, meters)
+    with discarded_on_failure(job, written):
+        report.layers = layer_changes(analysis, plan, engine.widths(pruned))
+        rounding_hints(report.layers, report.round_to, report.warnings)
+        final = evaluate_and_recover(engine, accuracy, pruned, loaded, analysis, plan, job, report)
+        batch = engine.example_batch(loaded, SEED)
+        compiled = compile_for_timing(engine, job, report, (final, loaded.model), batch)
+        with step(report, "verify"):
+            expected = outputs(engine, pruned, batch, "The pruned model",
+                               compiled and final is pruned)
+            report.verification.exactness = verify_exactness(engine, loaded, analysis, plan,
+                                                             pruned, batch, expected, compiled)
+        tuned = accuracy.active and int(job.options.get("finetune_epochs") or 0) > 0
+        if tuned:
+            with step(report, "finetune"):
+                final = accuracy.finetune(final, job)  # trained in place
+        if final is not pruned or tuned:  # the shipped model's outputs, for the round trip
+            if final is not pruned:
+                engine.release(pruned)
+            written = None  # the model is no longer the file it was loaded from
+            pruned, expected = final, outputs(engine, final, batch, "The recovered model",
+                                              compiled)
+        report.evaluation = accuracy.finish()
+        _legacy_accuracy(report)
+        report.params_after, report.macs_after = engine.measure(pruned, loaded)
+        save(engine, pruned, loaded, job, report, written)
+        with step(report, "verify"):
+            report.verification.round_trip = (
+                verify_round_trip(engine, job, report.artifacts, pruned, batch, expected)
+                if written is None else written_round_trip(written))
+        if job.options.get("formats"):
+            with step(report, "export"):
+                report.exports = check_exports(engine, pruned, loaded, job, batch, expected)
+                report.artifacts.update({fmt: check.file for fmt, check in report.exports.items()})
+        if job.options.get("measure", True):
+            with step(report, "measure"):
+                # The original is masked by now: the same architecture, so the same speed.
+                report.speed = measure_speed(engine, loaded, loaded.model, pruned, job,
+                                             report.artifacts, meters)
+        return PruneResult(artifact=report.artifacts["model"] or "",
+                           message=engine.summary(pruned, loaded, job), report=report.to_dict())
+
+
+@contextmanager
+def discarded_on_failure(job: PruneJob, written: Written | None) -> Iterator[None]:
+    """A job that fails leaves no file behind, the one written with the rewrite too."""
+    try:
+        yield
+    except BaseException:
+        for name in (written.artifacts.values() if written is not None else ()):
+            if name:
+                Path(job.output_dir, name).unlink(missing_ok=True)
+        raise
 
 
 def compiles(engine: Engine | None, job: PruneJob) -> bool:
@@ -194,11 +211,14 @@ def _legacy_accuracy(report: JobReport) -> None:
 
 def choose(engine: Engine, loaded: Loaded, analysis: Analysis, job: PruneJob,
            report: JobReport, accuracy: Accuracy | None = None,
-           meters: dict[tuple[str, int], Meter] | None = None) -> tuple[Plan, Any]:
+           meters: dict[tuple[str, int], Meter] | None = None,
+           ) -> tuple[Plan, Any, Written | None]:
     """The plan and the pruned model: for ``percent``, for the percent that meets the
     job's cost ``target`` (searched with real rewrites, so the figure reached is the
     shipped model's own), or for its latency target (:mod:`.latency`, timed; its meter
-    is added to ``meters`` for the measure step to reuse)."""
+    is added to ``meters`` for the measure step to reuse). For ``percent``, where the
+    engine can, the model is written to its file and loaded from it (the third value;
+    None otherwise)."""
     round_to = report.round_to
     target = job.options.get("target")
     if target and target["metric"] == "latency":
@@ -208,7 +228,7 @@ def choose(engine: Engine, loaded: Loaded, analysis: Analysis, job: PruneJob,
             ensure_prunable(analysis, plan, 1.0)
         if meters is not None:
             meters[(search.runtime, search.batch)] = search.meter
-        return plan, pruned
+        return plan, pruned, None
     ratios = read_plan(job, analysis, engine) if "plan" in job.inputs else None
     report.plan = ratios
     rewrites: dict[float, tuple[Plan, Any]] = {}
@@ -231,7 +251,16 @@ def choose(engine: Engine, loaded: Loaded, analysis: Analysis, job: PruneJob,
 
     with step(report, "rewrite"):
         if not target:
-            return final(job.percent)
+            plan = make_plan(analysis, job.percent, job.omitted, engine.separator, round_to,
+                             ratios)
+            ensure_prunable(analysis, plan, 1.0 if ratios else job.percent)
+            written, failure = engine.rewrite_saved(loaded, analysis, plan, job)
+            if written is not None:
+                return plan, written.model, written
+            if failure:
+                report.warnings.append(f"The pruned file was written by the framework's own "
+                                       f"saver: {failure}.")
+            return (*final(job.percent), None)
         index = 0 if target["metric"] == "params" else 1
         before = (report.params_before, report.macs_before)[index] or 1
 
@@ -242,7 +271,7 @@ def choose(engine: Engine, loaded: Loaded, analysis: Analysis, job: PruneJob,
         report.percent = percent
         report.target = target_summary(target, percent, reached, evaluations)
         report.warnings = list(dict.fromkeys(report.warnings))
-        return final(percent)
+        return (*final(percent), None)
 
 
 MAX_PLAN_BYTES = 1 << 20
@@ -298,10 +327,13 @@ def analyse(engine: Engine, loaded: Loaded, analysis: Analysis, job: PruneJob,
     return PruneResult(artifact=artifact, message="\n".join(lines), report=report.to_dict())
 
 
-def save(engine: Engine, pruned: Any, loaded: Loaded, job: PruneJob, report: JobReport) -> None:
-    """Write the artifacts; fill the file sizes and the ratios."""
+def save(engine: Engine, pruned: Any, loaded: Loaded, job: PruneJob, report: JobReport,
+         written: Written | None = None) -> None:
+    """Write the artifacts (unless ``pruned`` was loaded from the file ``written``, as
+    it still is); fill the file sizes and the ratios."""
     with step(report, "save"):
-        report.artifacts = engine.save(pruned, loaded, job, report)
+        report.artifacts = dict(written.artifacts) if written is not None else \
+            engine.save(pruned, loaded, job, report)
     main = report.artifacts.get("model")
     if not main:
         raise PruningError("The pruned model could not be saved; nothing was returned.")

@@ -79,7 +79,10 @@ class Verification:
                            "input weights zeroed) against the pruned model, on a seeded "
                            "random batch", default_factory=Check)
     round_trip: Check = doc("Each saved file, loaded back as a user loads it, against the "
-                            "pruned model in memory", default_factory=Check)
+                            "pruned model in memory; where the pruned model was itself loaded "
+                            "from the file it was written to (plain Keras 3 models), every "
+                            "check ran on the file's model and the detail says so",
+                            default_factory=Check)
 
 
 @dataclass

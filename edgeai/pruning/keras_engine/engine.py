@@ -6,12 +6,14 @@ TensorFlow and Keras are imported inside the methods, so the server can read
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgeai.pruning.base import PruneJob, PruningError
+from edgeai.pruning.engine import Written
 from edgeai.pruning.metric import Data
 from edgeai.pruning.pipeline import Analysis, Engine, Loaded, Plan
 from edgeai.pruning.report import JobReport
@@ -199,6 +201,28 @@ class KerasPruner(Engine):
         from edgeai.pruning.keras_engine.rewrite import rewrite_model
 
         return rewrite_model(loaded.model, self._removal(loaded, analysis, plan)), {}
+
+    def rewrite_saved(self, loaded: Loaded, analysis: Analysis, plan: Plan, job: PruneJob,
+                      ) -> tuple[Written | None, str | None]:
+        """Plain Keras 3 models (:mod:`.direct`): the file written from the original's
+        config and the sliced weights, then ``keras.saving.load_model`` of it. A
+        failure leaves nothing behind and says why; the clone rewrite then runs."""
+        from edgeai.pruning.keras_engine import direct, loading
+
+        if direct.eligible(loaded.model, loaded.extra.kind) is not None:
+            return None, None
+        name = job.output_stem + ".keras"
+        path = Path(job.output_dir) / name
+        try:
+            direct.write(loaded.model, self._removal(loaded, analysis, plan), path,
+                         loaded.extra.compile_config)
+            started = time.perf_counter()
+            model = loading.load_back(path, Path(job.output_dir).parent)
+        except Exception as error:  # noqa: BLE001 - the clone rewrite is the fallback
+            path.unlink(missing_ok=True)
+            return None, f"writing it directly failed ({type(error).__name__}: " \
+                         f"{str(error).splitlines()[0][:200] if str(error) else ''})"
+        return Written(model, {"model": name}, time.perf_counter() - started), None
 
     def mask(self, loaded: Loaded, analysis: Analysis, plan: Plan) -> Any:
         from edgeai.pruning.keras_engine.rewrite import mask_model
