@@ -209,6 +209,13 @@ def main() -> int:
                                            classes=10).save({str(mobilenet)!r})
         """)], check=True, capture_output=True)
         floor = warm_floor(resnet, tmp)
+        # The jobs work around a Keras bug in its weight walk (loading.cache_saving_skipsets);
+        # the floor above is plain Keras, as a user's own script runs it: the same floor
+        # with the workaround is shown beside it, and the ratios against it.
+        from edgeai.pruning.keras_engine.loading import cache_saving_skipsets
+
+        cache_saving_skipsets()
+        floor_fixed = warm_floor(resnet, tmp)
 
         after_answer, after_start = first_job(tmp, mnist)
         rows.append(("first job after the server starts (guide Keras)",
@@ -251,7 +258,11 @@ def main() -> int:
              f"floor {floor:.2f} s -> {resnet_default[0] / floor:.2f}x (aim <= 2.5x); "
              f"{split(resnet_default[1])}"),
             ("ResNet50 96x96 @0.4, measure=false", f"{resnet_bare[0]:.2f} s",
-             f"{resnet_bare[0] / floor:.2f}x the floor (aim <= 1.5x)"),
+             f"{resnet_bare[0] / floor:.2f}x the floor (aim <= 1.5x); {split(resnet_bare[1])}"),
+            ("  the floor with the jobs' Keras workaround", f"{floor_fixed:.2f} s",
+             f"plain Keras {floor:.2f} s; against this floor: default "
+             f"{resnet_default[0] / floor_fixed:.2f}x, measure=false "
+             f"{resnet_bare[0] / floor_fixed:.2f}x"),
             ("a job's process ends -> its result written", f"{statistics.median(written):.0f} ms"
              if written else "?", f"median of {len(written)} jobs, max "
              f"{max(written, default=0):.0f} ms (aim: status says done within 50 ms)"),

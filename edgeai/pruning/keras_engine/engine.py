@@ -84,6 +84,10 @@ class KerasPruner(Engine):
         # in a process costs about a second that a job would otherwise pay.
         import tempfile
 
+        from edgeai.pruning.keras_engine.loading import cache_saving_skipsets
+
+        cache_saving_skipsets()
+
         inputs = keras.Input((8, 8, 3))
         outputs = keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(
             keras.layers.BatchNormalization()(keras.layers.Conv2D(4, 3)(inputs))))

@@ -138,3 +138,49 @@ def test_which_models_are_written_directly(kind, why):
     nested = keras.Model(*(lambda i: (i, inner(i)))(keras.Input((4,))))
     assert (direct.eligible(_model(), kind) or "").startswith(why or "")
     assert direct.eligible(nested, "keras") == "nested model inner"
+
+
+def test_the_skipset_workaround_gives_keras_the_sets_it_builds_itself(tmp_path):
+    """loading.cache_saving_skipsets stores, under the key Keras looks them up by, the
+    very sets Keras builds for each walk: in a thread of its own (Keras keeps them per
+    thread), each set equals the one Keras builds without it, and a model saved with
+    the sets cached is the same file, variable for variable."""
+    import threading
+
+    import h5py
+    from keras.src.backend.common import global_state
+    from keras.src.saving import saving_lib
+
+    from edgeai.pruning.keras_engine import loading
+
+    model = _model(compiled=True)
+    found: dict = {}
+
+    def walk(cached: bool) -> None:
+        built = {kind: saving_lib.get_attr_skipset(kind) for kind in loading.SKIPSET_KINDS}
+        if cached:
+            loading.cache_saving_skipsets()
+            found["sets"] = {kind: (global_state.get_global_attribute(
+                f"saving_attr_skiplist_{kind}"), built[kind]) for kind in built}
+        model.save(tmp_path / f"{cached}.keras")
+
+    for cached in (False, True):
+        thread = threading.Thread(target=walk, args=(cached,))
+        thread.start()
+        thread.join()
+    assert all(got == built for got, built in found["sets"].values())
+
+    def variables(path):
+        import io
+        import zipfile
+
+        with zipfile.ZipFile(path) as archive, \
+                h5py.File(io.BytesIO(archive.read("model.weights.h5")), "r") as handle:
+            out = {}
+            handle.visititems(lambda name, item: out.__setitem__(name, item[()])
+                              if isinstance(item, h5py.Dataset) else None)
+            return out
+
+    plain, cached = variables(tmp_path / "False.keras"), variables(tmp_path / "True.keras")
+    assert plain.keys() == cached.keys() and len(plain) > 10
+    assert all(np.array_equal(plain[name], cached[name]) for name in plain)
