@@ -80,7 +80,7 @@ class Verification:
                            "random batch", default_factory=Check)
     round_trip: Check = doc("Each saved file, loaded back as a user loads it, against the "
                             "pruned model in memory; where the pruned model was itself loaded "
-                            "from the file it was written to (plain Keras 3 models), every "
+                            "from the file it was written to (Keras 3 .keras models), every "
                             "check ran on the file's model and the detail says so",
                             default_factory=Check)
 

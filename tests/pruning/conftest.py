@@ -120,6 +120,12 @@ class Framework:
                 swap_two_filters(pruned, self.spec.name)
                 return pruned, failed
 
+            def rewrite_saved(self, loaded, analysis, plan, job):  # Keras: file, then model
+                written, failure = super().rewrite_saved(loaded, analysis, plan, job)
+                if written is not None:
+                    swap_two_filters(written.model, self.spec.name)
+                return written, failure
+
         return Corrupting()
 
 

@@ -9,8 +9,9 @@ shares: same layers, same variables, other shapes), and the pruned model is that
 loaded as a user loads it. Every later step runs on the file's model, so the
 exactness check proves the shipped file itself.
 
-Only for Keras 3 files whose model is a plain functional or Sequential model of
-layers (no nested models, no assets): the rest keep the clone rewrite.
+Only for Keras 3 files whose model is a functional or Sequential model of layers and
+of such models nested (a backbone inside, as transfer learning builds them) whose
+inputs keep their widths, and no layer keeps assets: the rest keep the clone rewrite.
 """
 from __future__ import annotations
 
@@ -26,8 +27,9 @@ from edgeai.pruning.keras_engine.graph import iterate_layers
 from edgeai.pruning.keras_engine.rewrite import Removal, _narrow, sliced_weights
 
 
-def eligible(model: Any, kind: str) -> str | None:
-    """None when ``model`` can be written directly; else why not."""
+def eligible(model: Any, kind: str, removal: Removal | None = None) -> str | None:
+    """None when ``model`` can be written directly (given ``removal``, the channels it
+    loses); else why not."""
     from keras.src.models.functional import Functional
 
     if kind != "keras":
@@ -36,8 +38,14 @@ def eligible(model: Any, kind: str) -> str | None:
         return f"a {type(model).__name__} model"
     for layer in model.layers:
         if isinstance(layer, keras.Model):
-            return f"nested model {layer.name}"
-        if hasattr(layer, "save_assets"):
+            record = removal.graph.records.get(id(layer)) if removal is not None else None
+            if removal is not None and record is not None and \
+                    any(not removal.alive(m).all() for m in record.in_maps or ()):
+                return f"nested model {layer.name} loses input channels"
+            why = eligible(layer, kind, removal)
+            if why is not None:
+                return why
+        elif hasattr(layer, "save_assets"):
             return f"layer {layer.name} keeps assets"
     return None
 
@@ -118,8 +126,11 @@ def _narrow_config(model: Any, config: dict, removal: Removal) -> None:
     records = removal.graph.records
     layers = {layer.name: layer for layer in model.layers}
     for entry in config["config"]["layers"]:
-        entry.pop("build_config", None)
         layer = layers.get(entry.get("name") or entry["config"].get("name"))
+        if isinstance(layer, keras.Model):  # its inputs keep their widths (eligible)
+            _narrow_config(layer, entry, removal)
+            continue
+        entry.pop("build_config", None)
         record = records.get(id(layer)) if layer is not None else None
         if record is not None:
             _narrow(layer, entry["config"], record, removal)

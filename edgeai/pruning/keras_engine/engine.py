@@ -213,13 +213,13 @@ class KerasPruner(Engine):
         failure leaves nothing behind and says why; the clone rewrite then runs."""
         from edgeai.pruning.keras_engine import direct, loading
 
-        if direct.eligible(loaded.model, loaded.extra.kind) is not None:
+        removal = self._removal(loaded, analysis, plan)
+        if direct.eligible(loaded.model, loaded.extra.kind, removal) is not None:
             return None, None
         name = job.output_stem + ".keras"
         path = Path(job.output_dir) / name
         try:
-            direct.write(loaded.model, self._removal(loaded, analysis, plan), path,
-                         loaded.extra.compile_config)
+            direct.write(loaded.model, removal, path, loaded.extra.compile_config)
             started = time.perf_counter()
             model = loading.load_back(path, Path(job.output_dir).parent)
         except Exception as error:  # noqa: BLE001 - the clone rewrite is the fallback

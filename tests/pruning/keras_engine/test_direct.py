@@ -132,12 +132,56 @@ def test_a_fine_tuned_model_is_saved_again_and_loaded_back(tmp_path):
     assert result.report["evaluation"]["after_finetune"] is not None
 
 
-@pytest.mark.parametrize("kind, why", [("h5", "a h5 file"), ("keras", None)])
-def test_which_models_are_written_directly(kind, why):
-    inner = keras.Sequential([keras.Input((4,)), L.Dense(3)], name="inner")
-    nested = keras.Model(*(lambda i: (i, inner(i)))(keras.Input((4,))))
-    assert (direct.eligible(_model(), kind) or "").startswith(why or "")
-    assert direct.eligible(nested, "keras") == "nested model inner"
+def _prune(tmp_path: Path, model) -> tuple[dict, Path]:
+    job = _job(tmp_path, model)
+    result = KerasPruner().prune(job)
+    return result.report, Path(job.output_dir) / result.artifact
+
+
+def test_a_backbone_inside_the_model_is_written_directly(tmp_path):
+    """Transfer learning's shape: a functional backbone called on the model's input, a
+    head on its features. The backbone keeps its input width, so the file is written
+    directly, nested config and all; the exactness check ran on the file's model."""
+    keras.utils.set_random_seed(5)
+    image = keras.Input((10, 10, 3))
+    x = L.Conv2D(8, 3, padding="same", name="stem")(image)
+    x = L.BatchNormalization(name="stem_bn")(x)
+    x = L.Conv2D(12, 3, name="body")(L.ReLU()(x))
+    backbone = keras.Model(image, L.GlobalAveragePooling2D()(x), name="backbone")
+    inputs = keras.Input((10, 10, 3))
+    outputs = L.Dense(3, name="head")(L.Dense(6, name="neck")(backbone(inputs)))
+    report, shipped = _prune(tmp_path, keras.Model(inputs, outputs))
+    assert "the pruned model is this file" in report["verification"]["round_trip"]["detail"]
+    assert report["verification"]["exactness"]["passed"]
+    model = keras.saving.load_model(shipped)
+    assert model.get_layer("backbone").get_layer("body").filters == 6
+    assert model.get_layer("neck").units == 3
+
+
+def test_a_nested_model_that_loses_input_channels_keeps_the_clone_rewrite(tmp_path):
+    """A head sub-model reading pruned features: its Input would need narrowing, which
+    the clone rewrite does; the direct write declines without a warning."""
+    keras.utils.set_random_seed(6)
+    features = keras.Input((8,))
+    head = keras.Model(features, L.Dense(3, name="out")(L.Dense(5, name="mid")(features)),
+                       name="head")
+    inputs = keras.Input((10, 10, 3))
+    x = L.GlobalAveragePooling2D()(L.Conv2D(8, 3, name="conv")(inputs))
+    report, shipped = _prune(tmp_path, keras.Model(inputs, head(x)))
+    assert report["verification"]["round_trip"]["detail"] == "loaded back: keras"
+    assert not [w for w in report["warnings"] if "saver" in w]
+    assert keras.saving.load_model(shipped).get_layer("conv").filters == 4
+
+
+def test_which_files_and_models_are_written_directly():
+    assert direct.eligible(_model(), "h5") == "a h5 file is written by its own saver"
+    assert direct.eligible(_model(), "keras") is None
+
+    class Custom(keras.Model):
+        def call(self, x):
+            return x
+
+    assert direct.eligible(Custom(), "keras") == "a Custom model"
 
 
 def test_the_skipset_workaround_gives_keras_the_sets_it_builds_itself(tmp_path):
