@@ -208,9 +208,10 @@ class KerasPruner(Engine):
 
     def rewrite_saved(self, loaded: Loaded, analysis: Analysis, plan: Plan, job: PruneJob,
                       ) -> tuple[Written | None, str | None]:
-        """Plain Keras 3 models (:mod:`.direct`): the file written from the original's
-        config and the sliced weights, then ``keras.saving.load_model`` of it. A
-        failure leaves nothing behind and says why; the clone rewrite then runs."""
+        """Keras 3 ``.keras`` models (those :func:`.direct.eligible` takes): the file
+        written from the original's config and the sliced weights, then
+        ``keras.saving.load_model`` of it. A failure leaves nothing behind and says why;
+        the clone rewrite then runs."""
         from edgeai.pruning.keras_engine import direct, loading
 
         removal = self._removal(loaded, analysis, plan)
