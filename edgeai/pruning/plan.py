@@ -109,7 +109,9 @@ def group_verdict(group: ChannelGroup, percent: float, omitted: tuple[str, ...],
         return (LayerStatus.UNSUPPORTED, f"{n} channels do not split into the "
                                          f"{group.blocks} groups of a grouped layer")
     per_block = n // group.blocks
-    if percent > 0 and round_to > 1 and n <= round_to:
+    if percent <= 0:  # not asked to lose any: rounding alone never takes channels away
+        return LayerStatus.UNCHANGED, f"percent={percent} removes none of its {per_block} channels"
+    if round_to > 1 and n <= round_to:
         return LayerStatus.UNCHANGED, f"round_to={round_to} is not smaller than its {n} channels"
     remove = per_block - kept_per_block(per_block, group.blocks, percent, round_to)
     if remove <= 0:
