@@ -87,16 +87,7 @@ def run(engine: Engine, job: PruneJob) -> PruneResult:
                        round_to=int(job.options.get("round_to") or 1),
                        brings_code=engine.untrusted_code(job))
     progress.current().plan(planned_steps(job, engine))
-    with step(report, "load"):
-        loaded = engine.load(job, Path(job.output_dir).parent)
-        check_omitted(job.omitted, engine.layer_names(loaded), engine.channel_layers(loaded),
-                      engine.separator)
-        accuracy = Accuracy(engine, engine.load_data(job, loaded, report))
-        report.params_before, report.macs_before = engine.measure(loaded.model, loaded)
-    if accuracy.active:
-        with step(report, "evaluate"):
-            accuracy.measure(loaded.model, "before")
-    report.file_size_before = os.path.getsize(engine.primary_input(job))
+    loaded, accuracy = load(engine, job, report)
     with step(report, "analyse"):
         analysis = engine.analyse(loaded)
     if job.options.get("task") == "analyze":
@@ -143,6 +134,22 @@ def run(engine: Engine, job: PruneJob) -> PruneResult:
                                              report.artifacts, meters)
         return PruneResult(artifact=report.artifacts["model"] or "",
                            message=engine.summary(pruned, loaded, job), report=report.to_dict())
+
+
+def load(engine: Engine, job: PruneJob, report: JobReport) -> tuple[Loaded, Accuracy]:
+    """The uploaded model and its data, checked against ``ommitted``; the figures
+    before pruning (size, cost, and the metric where the job brought data)."""
+    with step(report, "load"):
+        loaded = engine.load(job, Path(job.output_dir).parent)
+        check_omitted(job.omitted, engine.layer_names(loaded), engine.channel_layers(loaded),
+                      engine.separator)
+        accuracy = Accuracy(engine, engine.load_data(job, loaded, report))
+        report.params_before, report.macs_before = engine.measure(loaded.model, loaded)
+    if accuracy.active:
+        with step(report, "evaluate"):
+            accuracy.measure(loaded.model, "before")
+    report.file_size_before = os.path.getsize(engine.primary_input(job))
+    return loaded, accuracy
 
 
 @contextmanager
@@ -241,26 +248,20 @@ def choose(engine: Engine, loaded: Loaded, analysis: Analysis, job: PruneJob,
             rewrites[percent] = (plan, pruned)
         return rewrites[percent]
 
-    def final(percent: float) -> tuple[Plan, Any]:
+    def final(percent: float, direct: bool = False) -> tuple[Plan, Any, Written | None]:
         amount = 1.0 if ratios else percent  # a plan's groups have their own ratios
-        ensure_prunable(analysis, make_plan(analysis, percent, job.omitted, engine.separator,
-                                            round_to, ratios), amount)
+        plan = make_plan(analysis, percent, job.omitted, engine.separator, round_to, ratios)
+        ensure_prunable(analysis, plan, amount)
+        written = write_directly(engine, loaded, analysis, plan, job, report) if direct else None
+        if written is not None:
+            return plan, written.model, written
         plan, pruned = rewrite_at(percent)
         ensure_prunable(analysis, plan, amount)
-        return plan, pruned
+        return plan, pruned, None
 
     with step(report, "rewrite"):
         if not target:
-            plan = make_plan(analysis, job.percent, job.omitted, engine.separator, round_to,
-                             ratios)
-            ensure_prunable(analysis, plan, 1.0 if ratios else job.percent)
-            written, failure = engine.rewrite_saved(loaded, analysis, plan, job)
-            if written is not None:
-                return plan, written.model, written
-            if failure:
-                report.warnings.append(f"The pruned file was written by the framework's own "
-                                       f"saver: {failure}.")
-            return (*final(job.percent), None)
+            return final(job.percent, direct=True)
         index = 0 if target["metric"] == "params" else 1
         before = (report.params_before, report.macs_before)[index] or 1
 
@@ -271,7 +272,18 @@ def choose(engine: Engine, loaded: Loaded, analysis: Analysis, job: PruneJob,
         report.percent = percent
         report.target = target_summary(target, percent, reached, evaluations)
         report.warnings = list(dict.fromkeys(report.warnings))
-        return (*final(percent), None)
+        return final(percent)
+
+
+def write_directly(engine: Engine, loaded: Loaded, analysis: Analysis, plan: Plan,
+                   job: PruneJob, report: JobReport) -> Written | None:
+    """The pruned model written to its file and loaded from it, where the engine can
+    (:meth:`Engine.rewrite_saved`); a failed attempt is said in the warnings."""
+    written, failure = engine.rewrite_saved(loaded, analysis, plan, job)
+    if failure:
+        report.warnings.append(f"The pruned file was written by the framework's own saver: "
+                               f"{failure}.")
+    return written
 
 
 MAX_PLAN_BYTES = 1 << 20
