@@ -14,11 +14,13 @@ same re-timed latency (its percent bisected with the same timing), pruned by a j
 the same data, and its held-out metric. Goals: re-timed <= 0.55; the search's metric at
 least uniform's. Then the PyTorch digits recovery figure (goal: within 2 points), and
 the points both engines lose after recovery over eight shuffles of the digits (one
-held-out fifth is 119 digits: one split alone moves by 0.8 points a digit).
+held-out fifth is 119 digits: one split alone moves by 0.8 points a digit), for the
+uniform 0.5 and for plan files pruning one group (or conv2 and fc1) at 0.5: where the
+points go (the first convolution: 8 of its 16 filters over a one-channel 3x3 patch).
 
 ``.venv/bin/python -m bench.latency [ResNet50 MobileNetV2 EfficientNetB0 torch]`` prints
 the table on its own, for the rows named (default all; about an hour on two cores;
-``recovery`` alone: only the digits figures, three minutes).
+``recovery`` alone: only the digits figures, about five minutes).
 """
 from __future__ import annotations
 
@@ -246,20 +248,34 @@ def rows(folder: Path, only: tuple[str, ...] = ()) -> list[dict]:
 SPLITS = 8
 
 
-def recovery_over_splits(folder: Path, splits: int = SPLITS) -> dict[str, list[dict]]:
+GROUPS = (("conv1",), ("conv2",), ("fc1",), ("conv2", "fc1"))
+
+
+def recovery_over_splits(folder: Path, splits: int = SPLITS,
+                         ) -> dict[str, dict[str, list[dict]]]:
     """Each framework's digits CNN pruned at 0.5 over ``splits`` shuffles of the digits
     (split 0: the digits as scikit-learn ships them; each trains its own model; one
     held-out fifth of a few hundred digits moves by 0.8 points a digit, so one split
-    alone says little): the evaluation of each job, before and after recovery."""
+    alone says little): the evaluation of each job, before and after recovery — under
+    "all" for the uniform 0.5, and under each of ``GROUPS`` for a plan file pruning only
+    those groups at 0.5 (where the points go)."""
+    import json
+
     from tests.pruning.test_accuracy import Digits
 
-    evaluations: dict[str, list[dict]] = {"pytorch": [], "tensorflow": []}
+    evaluations: dict[str, dict[str, list[dict]]] = {"pytorch": {}, "tensorflow": {}}
     for framework, done in evaluations.items():
         for order in range(splits):
             split = folder / f"{framework}-{order}"
             split.mkdir()
             trained = Digits(framework, split, order=order)
-            done.append(trained.engine().prune(trained.job(0.5)).report["evaluation"])
+            done.setdefault("all", []).append(
+                trained.engine().prune(trained.job(0.5)).report["evaluation"])
+            for groups in GROUPS:
+                plan = split / f"plan-{'-'.join(groups)}.json"
+                plan.write_text(json.dumps(dict.fromkeys(groups, 0.5)))
+                done.setdefault(" + ".join(groups), []).append(
+                    trained.engine().prune(trained.job(0.0, plan=plan)).report["evaluation"])
     return evaluations
 
 
@@ -299,7 +315,7 @@ def main(only: tuple[str, ...] = ()) -> int:
         print(f"target=latency:{BUDGET} at batch 1, one thread, with a dataset (held-out "
               "accuracy after recovery):")
         print(table(results))
-    digits = splits["pytorch"][0]
+    digits = splits["pytorch"]["all"][0]
     gap = digits["before"] - digits["after_recovery"]
     order = "statistics first" if digits["recovery"].get("statistics_first") else "refit first"
     print(f"\nPyTorch digits CNN at 0.5: {digits['before']:.3f} -> pruned "
@@ -307,11 +323,12 @@ def main(only: tuple[str, ...] = ()) -> int:
           f"({order}); {gap * 100:.1f} points lost, goal <= 2: "
           f"{'met' if gap <= 0.02 else 'NOT met'}")
     print(f"Over {SPLITS} shuffles of the digits (split 0 is the one above), points lost after "
-          "recovery at 0.5:")
-    for framework, evaluations in splits.items():
-        drops = [points_lost(evaluation) for evaluation in evaluations]
-        print(f"  {framework:<10} mean {statistics.mean(drops):4.1f}, median "
-              f"{statistics.median(drops):4.1f}  ({', '.join(f'{d:.1f}' for d in drops)})")
+          "recovery at 0.5 — all groups, then a plan file pruning only the groups named:")
+    for framework, by_groups in splits.items():
+        for groups, evaluations in by_groups.items():
+            drops = [points_lost(evaluation) for evaluation in evaluations]
+            print(f"  {framework:<10} {groups:<11} mean {statistics.mean(drops):4.1f}, median "
+                  f"{statistics.median(drops):4.1f}  ({', '.join(f'{d:.1f}' for d in drops)})")
     return 0
 
 
