@@ -186,6 +186,14 @@ def test_python_client_as_in_the_issue(server, keras_model, tmp_path, capsys):
         Client(server.url, server.key["EDGEAI_CLIENT_ID"], "wrong").job(job.txid).status()
 
 
+def _ctrl_c_delivered() -> None:
+    """In the client's process: SIGINT as a terminal's foreground job gets it. A shell
+    that runs the tests in the background (``make test &`` in a script) sets SIGINT to
+    ignored, every process under it inherits that, and Python then leaves it ignored —
+    so the client would never see the Ctrl-C this test sends."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_off_a_terminal_leaves_the_job_running_and_the_client_cancels_it(
         server, keras_model, tmp_path):
     import numpy as np
@@ -201,7 +209,8 @@ def test_ctrl_c_off_a_terminal_leaves_the_job_running_and_the_client_cancels_it(
         [str(BIN / "edgeai"), "prune", str(keras_model), "-p", "0.4", "--dataset", str(data),
          "--finetune-epochs", "50", "--server", server.url],
         cwd=tmp_path, env={**base, **server.key}, stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=_ctrl_c_delivered)
     first = command.stdout.readline()  # the job is submitted: its first status is shown
     assert PROGRESS_LINE.match(first), first
     command.send_signal(signal.SIGINT)
