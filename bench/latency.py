@@ -363,7 +363,8 @@ def main(only: tuple[str, ...] = ()) -> int:
           f"({order}); {gap * 100:.1f} points lost, goal <= 2: "
           f"{'met' if gap <= 0.02 else 'NOT met'}")
     print(f"Over {SPLITS} shuffles of the digits (split 0 is the one above), points lost after "
-          "recovery at 0.5 — all groups, then a plan file pruning only the groups named:")
+          "recovery at 0.5 — all groups; a plan file pruning only the groups named; for "
+          "PyTorch, two ceilings by choices the job cannot make (see ceilings()):")
     for framework, by_groups in splits.items():
         for groups, evaluations in by_groups.items():
             drops = [points_lost(evaluation) for evaluation in evaluations]
