@@ -137,7 +137,7 @@ def run(engine: Engine, job: PruneJob) -> PruneResult:
 
 
 def load(engine: Engine, job: PruneJob, report: JobReport) -> tuple[Loaded, Accuracy]:
-    """The uploaded model and its data, checked against ``ommitted``; the figures
+    """The uploaded model and its data, checked against ``job.omitted``; the figures
     before pruning (size, cost, and the metric where the job brought data)."""
     with step(report, "load"):
         loaded = engine.load(job, Path(job.output_dir).parent)
